@@ -1,0 +1,164 @@
+//! The test harness: each test gets its own database, bucket and etcd key
+//! prefix on the shared real services, so tests run in parallel without
+//! seeing each other, and a helper to run the real `drctl` binary.
+
+mod services;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub use services::services;
+
+/// A short random name, unique per test.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &id[..16])
+}
+
+/// A fresh, empty database of its own on the shared PostgreSQL server.
+pub struct TestDb {
+    /// URL of this database (superuser; the server is throwaway).
+    pub url: String,
+    pub pool: PgPool,
+}
+
+pub async fn database() -> TestDb {
+    let admin_url = &services().pg_url;
+    let name = unique("drctl_t_");
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the test PostgreSQL at {admin_url}: {e}"));
+    // The name is ours (a prefix and hex digits), not input: safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let mut url = url::Url::parse(admin_url).expect("DRCTL_TEST_PG_URL is a URL");
+    url.set_path(&name);
+    let url = url.to_string();
+    let pool = PgPool::connect(&url)
+        .await
+        .expect("connect to the test database");
+    TestDb { url, pool }
+}
+
+/// A bucket of its own on the S3 server, created with Object Lock enabled.
+pub struct TestBucket {
+    pub name: String,
+    pub client: aws_sdk_s3::Client,
+}
+
+/// An S3 client for the test server, on a path independent of drctl's code.
+pub fn s3_client() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&services().s3_endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new("test", "test", None, None, "drctl-tests"))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+pub async fn locked_bucket() -> TestBucket {
+    let client = s3_client();
+    let name = unique("drctl-t-");
+    client
+        .create_bucket()
+        .bucket(&name)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "create bucket on the test S3 server at {}: {e:?}",
+                services().s3_endpoint
+            )
+        });
+    TestBucket { name, client }
+}
+
+/// An etcd key prefix of its own (etcd is shared; keys are not).
+pub fn etcd_prefix() -> String {
+    format!("/{}/", unique("drctl-t-"))
+}
+
+/// The `drctl` binary built for these tests.
+pub fn drctl() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
+    // A test controls the environment drctl sees.
+    for var in [
+        "DRCTL_CONFIG",
+        "DRCTL_CATALOG_URL",
+        "DRCTL_IDENTITY_FILE",
+        "DRCTL_REPOSITORY_SECRET_FILE",
+        "DRCTL_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `drctl` with `args` and returns the output, stdout and stderr as text.
+pub fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run drctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// A scratch directory with an age key and a config file for drctl.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub recipient: String,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let identity = dir.path().join("identity.txt");
+        let key = drctl::keys::generate(&identity).expect("generate a key");
+        Workspace {
+            dir,
+            recipient: key.recipient,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `yaml` to `name` and returns its path.
+    pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, yaml).expect("write config");
+        path
+    }
+
+    /// A minimal valid config: local repository, the given catalog URL.
+    pub fn config(&self, catalog_url: &str) -> PathBuf {
+        self.write(
+            "drctl.yaml",
+            &format!(
+                "repository:\n  local:\n    path: {repo}\n\
+                 catalog:\n  url: {catalog_url}\n\
+                 encryption:\n  recipients: [{recipient}]\n",
+                repo = self.path("repo").display(),
+                recipient = self.recipient,
+            ),
+        )
+    }
+}
+
+/// Asserts `haystack` contains none of `secrets`.
+pub fn assert_no_secret(haystack: &str, secrets: &[&str]) {
+    for s in secrets {
+        assert!(
+            !haystack.contains(s),
+            "secret {s:?} appears in output:\n{haystack}"
+        );
+    }
+}

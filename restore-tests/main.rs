@@ -1,0 +1,9 @@
+//! End-to-end scenarios of drctl against real services: PostgreSQL, etcd and
+//! an S3 server with enforced Object Lock. `./scripts/test` starts them and
+//! exports their endpoints; without those, the harness starts its own.
+
+mod harness;
+
+mod catalog;
+mod cli;
+mod services;

@@ -1,0 +1,145 @@
+//! The PostgreSQL catalog: backups, their items, and (in later migrations)
+//! packs, chunks, schedules, runs and drills.
+//!
+//! The schema lives in `migrations/`, embedded into the binary at build time,
+//! so a deployed drctl always carries the schema it expects. The server applies
+//! pending migrations at start; the CLI refuses to work on a schema that is
+//! behind (it never migrates behind an operator's back) and says how to fix it.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::SecretUrl;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The catalog schema, from `migrations/`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// An open connection pool to the catalog.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pool: PgPool,
+}
+
+/// One migration and whether the catalog has it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationState {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+impl Catalog {
+    /// Connects to the catalog at `url`. Fails fast (10 s) when the server is
+    /// unreachable, so an operator is not left staring at a silent terminal.
+    pub async fn connect(url: &SecretUrl) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url.expose())
+            .await
+            .map_err(|e| connect_error(url, e))?;
+        Ok(Catalog { pool })
+    }
+
+    /// Wraps an existing pool (tests, embedding).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Catalog { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies every pending migration; returns the versions it applied.
+    /// Concurrent callers are serialised by sqlx's advisory lock.
+    pub async fn migrate(&self) -> Result<Vec<MigrationState>> {
+        let before = self.status().await?;
+        MIGRATOR.run(&self.pool).await.map_err(|e| {
+            Error::new(ErrorKind::Failed, "applying catalog migrations failed")
+                .with_source(e)
+                .with_guidance(
+                    "the catalog was left at the last migration that succeeded; \
+                     fix the cause and run `drctl catalog migrate` again",
+                )
+        })?;
+        Ok(before.into_iter().filter(|m| !m.applied).collect())
+    }
+
+    /// Every migration this build knows, and whether the catalog has it.
+    pub async fn status(&self) -> Result<Vec<MigrationState>> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error)?;
+        let applied: Vec<i64> = match table {
+            Some(_) => sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error)?,
+            None => Vec::new(),
+        };
+        Ok(MIGRATOR
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.contains(&m.version),
+            })
+            .collect())
+    }
+
+    /// Fails unless every migration of this build is applied.
+    pub async fn require_current(&self) -> Result<()> {
+        let pending: Vec<_> = self
+            .status()
+            .await?
+            .into_iter()
+            .filter(|m| !m.applied)
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the catalog schema is behind this drctl: pending migrations {}",
+                pending.join(", ")
+            ),
+        )
+        .with_guidance("run `drctl catalog migrate` (the server does this at start)"))
+    }
+}
+
+fn connect_error(url: &SecretUrl, e: sqlx::Error) -> Error {
+    let auth = matches!(&e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("28P01" | "28000")));
+    let (kind, hint) = if auth {
+        (
+            ErrorKind::Permission,
+            "the server refused the credentials; check the user and password in catalog.url \
+             or DRCTL_CATALOG_URL",
+        )
+    } else {
+        (
+            ErrorKind::Unavailable,
+            "check that PostgreSQL is running and reachable at the host and port of catalog.url \
+             (or DRCTL_CATALOG_URL), and that the database exists",
+        )
+    };
+    Error::new(
+        kind,
+        format!("cannot connect to the catalog at {}", url.redacted()),
+    )
+    .with_source(e)
+    .with_guidance(hint)
+}
+
+pub(crate) fn query_error(e: sqlx::Error) -> Error {
+    Error::new(ErrorKind::Unavailable, "a catalog query failed").with_source(e)
+}

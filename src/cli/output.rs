@@ -1,0 +1,43 @@
+//! Printing results: text for people, JSON (`-o json`) for scripts. Results go
+//! to stdout, errors to stderr as text, or to stdout as JSON when scripts read.
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub(crate) struct Out {
+    format: Format,
+}
+
+impl Out {
+    pub(crate) fn new(format: Format) -> Self {
+        Out { format }
+    }
+
+    /// Prints `value` as JSON, or the text `text` builds.
+    pub(crate) fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("output values serialise")
+            ),
+            Format::Text => print!("{}", text()),
+        }
+    }
+
+    pub(crate) fn error(&self, err: &Error) {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&err.to_json()).expect("errors serialise")
+            ),
+            Format::Text => eprint!("{}", err.report()),
+        }
+    }
+}

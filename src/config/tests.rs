@@ -1,0 +1,168 @@
+use super::*;
+
+const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn minimal(extra: &str) -> String {
+    format!(
+        "repository:\n  local:\n    path: repo\ncatalog:\n  url: postgres://u@h/d\n\
+         encryption:\n  recipients: [{RECIPIENT}]\n{extra}"
+    )
+}
+
+#[test]
+fn defaults_are_applied() {
+    let c = Config::parse(&format!(
+        "repository:\n  s3:\n    bucket: b-1\ncatalog: {{}}\nencryption:\n  recipients: [{RECIPIENT}]\n"
+    ))
+    .unwrap();
+    let s3 = c.repository.s3.as_ref().unwrap();
+    assert_eq!(s3.lock_mode, LockMode::Compliance);
+    assert_eq!(s3.retention_days, 30);
+    assert!(!s3.force_path_style);
+    assert_eq!(s3.key_prefix(), "");
+}
+
+#[test]
+fn key_prefix_is_normalised() {
+    let mut c = Config::parse(&format!(
+        "repository:\n  s3:\n    bucket: b-1\n    prefix: a/b\nencryption:\n  recipients: [{RECIPIENT}]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.repository.s3.as_ref().unwrap().key_prefix(), "a/b/");
+    c.repository.s3.as_mut().unwrap().prefix = "a/b/".into();
+    assert_eq!(c.repository.s3.as_ref().unwrap().key_prefix(), "a/b/");
+}
+
+#[test]
+fn unknown_nested_key_names_its_path() {
+    let err = Config::parse(&minimal(
+        "etcd:\n  endpoints: [https://e:2379]\n  insecur: true\n",
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "etcd.insecur");
+    assert!(err.message.contains("unknown field `insecur`"), "{err}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory_and_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".kube")).unwrap();
+    write(home.path(), ".kube/config", "apiVersion: v1\n");
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        &minimal("kubernetes:\n  kubeconfig: ~/.kube/config\n"),
+    );
+    let home_str = home.path().to_str().unwrap().to_string();
+    let loaded = Config::load_with_env(&path, |k| (k == "HOME").then(|| home_str.clone())).unwrap();
+    let local = loaded.config.repository.local.as_ref().unwrap();
+    assert_eq!(local.path, dir.path().join("repo"));
+    assert_eq!(
+        loaded.config.kubernetes.kubeconfig.as_deref(),
+        Some(home.path().join(".kube/config").as_path())
+    );
+}
+
+#[test]
+fn environment_overrides_secrets_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = write(dir.path(), "id.txt", "AGE-SECRET-KEY-1\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = write(dir.path(), "c.yaml", &minimal(""));
+    let id_str = id.to_str().unwrap().to_string();
+    let loaded = Config::load_with_env(&path, |k| match k {
+        "DRCTL_CATALOG_URL" => Some("postgres://x:pw@other/db".into()),
+        "DRCTL_IDENTITY_FILE" => Some(id_str.clone()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        loaded.config.catalog.url().expose(),
+        "postgres://x:pw@other/db"
+    );
+    assert_eq!(
+        loaded.config.encryption.identity_file.as_deref(),
+        Some(id.as_path())
+    );
+    assert_eq!(
+        loaded.overrides,
+        vec![
+            ("catalog.url".to_string(), "DRCTL_CATALOG_URL".to_string()),
+            (
+                "encryption.identity_file".to_string(),
+                "DRCTL_IDENTITY_FILE".to_string()
+            ),
+        ]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn identity_readable_by_others_is_a_warning_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = write(dir.path(), "id.txt", "AGE-SECRET-KEY-1\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // minimal() ends inside `encryption:`, so this adds to that section.
+    let path = write(dir.path(), "c.yaml", &minimal("  identity_file: id.txt\n"));
+    let loaded = Config::load_with_env(&path, no_env).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].contains("chmod 600"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn a_restore_only_config_needs_no_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "id.txt", "AGE-SECRET-KEY-1\n");
+    let body = "repository:\n  local:\n    path: repo\ncatalog:\n  url: postgres://u@h/d\n\
+                encryption:\n  identity_file: id.txt\n";
+    let path = write(dir.path(), "c.yaml", body);
+    Config::load_with_env(&path, no_env).unwrap();
+
+    let path = write(
+        dir.path(),
+        "c2.yaml",
+        "repository:\n  local:\n    path: repo\ncatalog:\n  url: postgres://u@h/d\nencryption: {}\n",
+    );
+    let err = Config::load_with_env(&path, no_env).unwrap_err();
+    assert!(err.what().contains("encryption.recipients"), "{err:?}");
+}
+
+#[test]
+fn etcd_client_certificate_needs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "c.crt", "x");
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        &minimal("etcd:\n  endpoints: [https://e:2379]\n  cert_file: c.crt\n"),
+    );
+    let err = Config::load_with_env(&path, no_env).unwrap_err();
+    assert!(err.what().contains("etcd.key_file"), "{err:?}");
+}
+
+#[test]
+fn bucket_names_follow_s3_rules() {
+    for bad in ["ab", "Upper", "-lead", "trail-", "a..b", "under_score"] {
+        assert!(validate_bucket_name(bad).is_err(), "{bad}");
+    }
+    for good in ["abc", "drctl-backups", "a.b-c.1"] {
+        assert!(validate_bucket_name(good).is_ok(), "{good}");
+    }
+}
