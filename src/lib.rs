@@ -8,17 +8,27 @@
 //! describe the invariants.
 //!
 //! - [`config`]: the configuration file, validated before anything runs.
+//! - [`source`]: where backups come from (volumes, etcd).
+//! - [`repo`]: the repository format and the write pipeline
+//!   (chunker, crypto, pack, manifest, writer).
+//! - [`store`]: object storage backends (local directory; S3 next).
+//! - [`backup`], [`restore`], [`verify`]: the operations on top.
 //! - [`catalog`]: the PostgreSQL catalog and its migrations.
-//! - [`source`]: where backups come from (etcd, …).
 //! - [`error`]: the one public error type, with guidance and exit codes.
 //! - [`cli`]: the `drctl` command line, a thin layer over the above.
 
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod repo;
+pub mod restore;
 pub mod source;
+pub mod store;
+mod sys;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 

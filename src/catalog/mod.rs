@@ -6,6 +6,9 @@
 //! pending migrations at start; the CLI refuses to work on a schema that is
 //! behind (it never migrates behind an operator's back) and says how to fix it.
 
+mod backups;
+mod store;
+
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -14,6 +17,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
+
+pub use backups::{BackupRow, ItemRow};
 
 /// The catalog schema, from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

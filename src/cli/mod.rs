@@ -3,18 +3,27 @@
 //! library and print; the work is done in the library so the server and the
 //! tests use the same code.
 
+mod backup;
 mod catalog;
 mod config;
 mod key;
 mod output;
+mod progress;
+mod repo;
+mod restore;
+mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH, ENV_CONFIG, Loaded};
-use crate::error::Result;
+use crate::catalog::Catalog;
+use crate::config::{Config, DEFAULT_CONFIG_PATH, ENV_CONFIG, Loaded, Repository as Backend};
+use crate::error::{Error, Result};
+use crate::repo::{Identity, Keys, Recipients, RepoSecret, Repository};
+use crate::store::Store;
 pub use output::Format;
 use output::Out;
 
@@ -39,6 +48,11 @@ pub struct Cli {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
 
+    /// age identity file, for commands that decrypt (restore, verify).
+    /// Overrides encryption.identity_file and DRCTL_IDENTITY_FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    identity: Option<PathBuf>,
+
     /// More log detail on stderr (-v info, -vv debug). DRCTL_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -60,6 +74,17 @@ enum Command {
     /// Manage age keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Create or inspect the repository.
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// Take backups, list and describe them.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// Restore a backup (needs the age identity, not the catalog).
+    #[command(subcommand)]
+    Restore(restore::RestoreCommand),
+    /// Check that the repository holds what the backups need.
+    Verify(verify::VerifyArgs),
 }
 
 /// Entry point of the `drctl` binary.
@@ -89,6 +114,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli, out: &Out) -> Result<()> {
     let ctx = Context {
         config_path: cli.config,
+        identity: cli.identity,
     };
     match cli.command {
         Command::Version => {
@@ -110,12 +136,22 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Config(cmd) => cmd.run(&ctx, out),
         Command::Catalog(cmd) => cmd.run(&ctx, out).await,
         Command::Key(cmd) => cmd.run(out),
+        Command::Repo(cmd) => cmd.run(&ctx, out),
+        Command::Backup(cmd) => cmd.run(&ctx, out).await,
+        Command::Restore(cmd) => blocking(move || cmd.run(&ctx, out)),
+        Command::Verify(cmd) => blocking(move || cmd.run(&ctx, out)),
     }
+}
+
+/// Runs blocking work (restore, verify) without stalling the runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 /// What every command may need from the global flags.
 struct Context {
     config_path: Option<PathBuf>,
+    identity: Option<PathBuf>,
 }
 
 impl Context {
@@ -132,6 +168,73 @@ impl Context {
         }
         Ok(loaded)
     }
+
+    async fn catalog(&self, loaded: &Loaded) -> Result<Catalog> {
+        let catalog = Catalog::connect(loaded.config.catalog.url()).await?;
+        catalog.require_current().await?;
+        Ok(catalog)
+    }
+}
+
+/// The store the configuration names.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    match config.repository.backend() {
+        Backend::Local(local) => Ok(Arc::new(crate::store::local::LocalStore::new(&local.path))),
+        Backend::S3(_) => Err(Error::config(
+            "repository.s3 is not supported by this build yet; the S3 backend with Object Lock is the next step",
+        )
+        .with_guidance("use repository.local for now")),
+    }
+}
+
+/// Opens the repository with what the configuration (and flags) hold. A
+/// writer uses the repository secret file when it has one; a reader needs
+/// the identity.
+fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Repository> {
+    let store = open_store(config)?;
+    let enc = &config.encryption;
+    let identity_path = identity
+        .map(Path::to_path_buf)
+        .or_else(|| enc.identity_file.clone());
+    let identity = match (&identity_path, write) {
+        (Some(p), _) => Some(Identity::from_file(p)?),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Error::new(
+                crate::ErrorKind::Permission,
+                "this command needs the age identity",
+            )
+            .with_guidance(
+                "pass --identity FILE, set DRCTL_IDENTITY_FILE, or set encryption.identity_file",
+            ));
+        }
+    };
+    let secret = match &enc.repository_secret_file {
+        Some(p) if write || identity.is_none() => {
+            let bytes = std::fs::read(p).map_err(|e| {
+                Error::config(format!("cannot read the repository secret {}", p.display()))
+                    .with_source(e)
+            })?;
+            Some(RepoSecret::from_json(&bytes).map_err(|_| {
+                Error::config(format!("{} is not a drctl repository secret", p.display()))
+                    .with_guidance("use the file `drctl repo init --secret-file` wrote")
+            })?)
+        }
+        _ => None,
+    };
+    let recipients = if write {
+        Some(Recipients::parse(&enc.recipients)?)
+    } else {
+        None
+    };
+    Repository::open(
+        store,
+        Keys {
+            recipients,
+            secret,
+            identity,
+        },
+    )
 }
 
 /// Logs go to stderr: human-readable on a terminal, JSON lines otherwise (for

@@ -67,6 +67,9 @@ pub struct RepositoryConfig {
     pub s3: Option<S3Config>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalConfig>,
+    /// zstd level for new chunks (1-19); absent: drctl's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_level: Option<i32>,
 }
 
 /// The validated choice of storage backend.
@@ -320,6 +323,14 @@ impl Config {
             (Some(s3), None) => s3.validate()?,
             (None, Some(_)) => {}
         }
+        if let Some(level) = self.repository.zstd_level
+            && !(1..=19).contains(&level)
+        {
+            return Err(ConfigError::new(
+                "repository.zstd_level",
+                &format!("{level} is out of range; expected 1 (fastest) to 19 (smallest)"),
+            ));
+        }
 
         let Some(url) = &self.catalog.url else {
             return Err(ConfigError::new(
@@ -424,16 +435,21 @@ impl EncryptionConfig {
                  (`drctl key generate` prints one)",
             ));
         }
-        for (key, file) in [
-            ("encryption.identity_file", &self.identity_file),
-            (
-                "encryption.repository_secret_file",
-                &self.repository_secret_file,
-            ),
-        ] {
-            if let Some(file) = file {
-                require_file(key, file)?;
-                warn_if_readable_by_others(key, file, warnings);
+        if let Some(file) = &self.identity_file {
+            require_file("encryption.identity_file", file)?;
+            warn_if_readable_by_others("encryption.identity_file", file, warnings);
+        }
+        if let Some(file) = &self.repository_secret_file {
+            // `drctl repo init` writes it, so it may not exist yet.
+            if file.exists() {
+                require_file("encryption.repository_secret_file", file)?;
+                warn_if_readable_by_others("encryption.repository_secret_file", file, warnings);
+            } else {
+                warnings.push(format!(
+                    "encryption.repository_secret_file: {} does not exist yet; \
+                     `drctl repo init` writes it",
+                    file.display()
+                ));
             }
         }
         Ok(())

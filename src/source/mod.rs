@@ -1,5 +1,5 @@
 //! Where backups come from. Each source turns part of a cluster into a stream
-//! of items for the pipeline; this sources are connections only, the
-//! backup logic arrives with the engine.
+//! of chunks for the write pipeline ([`crate::repo::writer`]).
 
 pub mod etcd;
+pub mod volume;

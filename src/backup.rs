@@ -1,0 +1,327 @@
+//! Backup runs: the catalog bookkeeping around the write pipeline.
+//!
+//! A backup is `running` in the catalog from its first byte; it becomes
+//! `complete` (or `partial`, when some paths could not be read) only after
+//! its manifest is stored, in the same transaction that records its items.
+//! Any error before that marks it `failed`; a process killed outright leaves
+//! it `running`, never usable. Packs stored before a failure stay recorded, so
+//! the next backup reuses them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, ItemRow};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::manifest::{ChunkLocation, Extent, Manifest, manifest_key};
+use crate::repo::writer::{WriteStats, write};
+use crate::repo::{ChunkId, Repository};
+use crate::source::volume::{self, Ref, Source, Stamp, StampExtent};
+
+/// What a finished backup reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub backup_id: Uuid,
+    pub status: String,
+    pub parent: Option<Uuid>,
+    pub files: u64,
+    pub files_read: u64,
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+    /// Logical bytes of this backup per byte it stored; `None` when it
+    /// stored nothing new.
+    pub dedup_ratio: Option<f64>,
+    pub packs: u64,
+    pub problems: Vec<crate::repo::manifest::Problem>,
+    pub skipped_special: u64,
+    pub seconds: f64,
+}
+
+/// Backs up a volume. `progress` is told of bytes read as they are.
+pub async fn backup_volume(
+    repo: Arc<Repository>,
+    catalog: &Catalog,
+    name: &str,
+    source: Source,
+    zstd_level: i32,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let repo_id = catalog
+        .ensure_repository(&repo.config, &repo.store.location())
+        .await?;
+    let parent = catalog.latest_backup(repo_id, "volume", name).await?;
+    let mut stamps = HashMap::new();
+    if let Some(p) = &parent {
+        for (item, attrs) in catalog.items(p.id).await? {
+            if let Ok(stamp) = serde_json::from_value::<Stamp>(attrs) {
+                stamps.insert(item, stamp);
+            }
+        }
+    }
+    let known = catalog.known_chunks(repo_id).await?;
+    let id = Uuid::now_v7();
+    catalog
+        .start_backup(id, repo_id, "volume", name, parent.as_ref().map(|p| p.id))
+        .await?;
+    tracing::info!(backup = %id, %name, source = %source.path().display(), "backup started");
+
+    let run = run_volume(
+        repo.clone(),
+        catalog,
+        id,
+        name,
+        &source,
+        stamps,
+        known,
+        zstd_level,
+        parent.as_ref().map(|p| p.id),
+        progress,
+    )
+    .await;
+    match run {
+        Ok(mut summary) => {
+            summary.seconds = started.elapsed().as_secs_f64();
+            tracing::info!(backup = %id, status = %summary.status, "backup finished");
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = catalog.fail_backup(id, &e.report()).await;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_volume(
+    repo: Arc<Repository>,
+    catalog: &Catalog,
+    id: Uuid,
+    name: &str,
+    source: &Source,
+    stamps: HashMap<String, Stamp>,
+    known: HashSet<ChunkId>,
+    zstd_level: i32,
+    parent: Option<Uuid>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<Summary> {
+    let handle = tokio::runtime::Handle::current();
+    let (repo2, catalog2, source2) = (repo.clone(), catalog.clone(), source.clone());
+    let repo_id = repo.config.id;
+    let (scan, written, stats) = tokio::task::spawn_blocking(move || {
+        let on_pack = |pack: &crate::repo::pack::SealedPack| {
+            handle.block_on(catalog2.record_pack(
+                repo_id,
+                &pack.key,
+                pack.bytes.len() as u64,
+                &pack.sha256,
+                &pack.index,
+            ))
+        };
+        let seed = repo2.secret.chunker_seed();
+        write(&repo2, known, zstd_level, &on_pack, |sink| {
+            volume::read(&source2, &stamps, seed, sink, &*progress)
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
+
+    // Name every chunk, then look up where each one is.
+    let by_tag: HashMap<u64, ChunkId> = written.iter().map(|w| (w.tag, w.id)).collect();
+    let resolve = |r: &Ref| match r {
+        Ref::Known(id) => *id,
+        Ref::Tag(t) => by_tag[t],
+    };
+    let mut order: Vec<ChunkId> = Vec::new();
+    let mut index: HashMap<ChunkId, u32> = HashMap::new();
+    for refs in &scan.refs {
+        for (_, _, rs) in refs {
+            for r in rs {
+                let id = resolve(r);
+                index.entry(id).or_insert_with(|| {
+                    order.push(id);
+                    (order.len() - 1) as u32
+                });
+            }
+        }
+    }
+    let locations = catalog.chunk_locations(repo_id, &order).await?;
+    let chunks: Vec<ChunkLocation> = order
+        .iter()
+        .map(|id| {
+            locations.get(id).cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("chunk {} is referenced but not stored", id.to_hex()),
+                )
+                .with_guidance("the catalog lost a chunk record; run `drctl verify`")
+            })
+        })
+        .collect::<Result<_>>()?;
+
+    let mut entries = scan.entries;
+    let mut items = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter_mut().enumerate() {
+        let refs = &scan.refs[i];
+        e.extents = refs
+            .iter()
+            .map(|(offset, length, rs)| Extent {
+                offset: *offset,
+                length: *length,
+                chunks: rs.iter().map(|r| index[&resolve(r)]).collect(),
+            })
+            .collect();
+        let attrs = match e.kind {
+            crate::repo::manifest::EntryKind::File => serde_json::to_value(Stamp {
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+                ctime_ns: scan.stamps[i].0,
+                ino: scan.stamps[i].1,
+                extents: refs
+                    .iter()
+                    .map(|(offset, length, rs)| StampExtent {
+                        offset: *offset,
+                        length: *length,
+                        chunks: rs.iter().map(&resolve).collect(),
+                    })
+                    .collect(),
+            })
+            .expect("stamps serialise"),
+            _ => serde_json::json!({}),
+        };
+        items.push(ItemRow {
+            item: e.path.clone(),
+            item_type: serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            size: e.size as i64,
+            attrs,
+        });
+    }
+
+    let status = if scan.problems.is_empty() {
+        "complete"
+    } else {
+        "partial"
+    };
+    let manifest = Manifest {
+        format: crate::repo::manifest::MANIFEST_FORMAT,
+        backup_id: id,
+        repository_id: repo_id,
+        kind: "volume".into(),
+        name: name.to_string(),
+        created_at: chrono::Utc::now(),
+        parent,
+        source: source.path().display().to_string(),
+        status: status.into(),
+        problems: scan.problems.clone(),
+        entries,
+        chunks,
+    };
+    let sealed = manifest.seal(&repo.secret, repo.recipients()?);
+    let key = manifest_key(id);
+    {
+        let (repo, key) = (repo.clone(), key.clone());
+        tokio::task::spawn_blocking(move || crate::repo::put(&*repo.store, &key, &sealed))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Failed, "manifest upload panicked").with_source(e)
+            })??;
+    }
+
+    let summary = summarize(
+        id,
+        status,
+        parent,
+        &scan_counts(
+            &manifest,
+            &scan.problems,
+            scan.files_read,
+            scan.files_unchanged,
+            scan.bytes_unchanged,
+            scan.skipped_special,
+        ),
+        &stats,
+    );
+    let error = (!scan.problems.is_empty()).then(|| {
+        format!(
+            "{} path(s) could not be backed up, first: {}: {}",
+            scan.problems.len(),
+            scan.problems[0].path,
+            scan.problems[0].error
+        )
+    });
+    catalog
+        .finish_backup(
+            id,
+            status,
+            &key,
+            &serde_json::to_value(&summary).expect("summary serialises"),
+            error.as_deref(),
+            &items,
+        )
+        .await?;
+    Ok(summary)
+}
+
+struct Counts {
+    files: u64,
+    files_read: u64,
+    files_unchanged: u64,
+    bytes_total: u64,
+    bytes_unchanged: u64,
+    skipped_special: u64,
+    problems: Vec<crate::repo::manifest::Problem>,
+}
+
+fn scan_counts(
+    m: &Manifest,
+    problems: &[crate::repo::manifest::Problem],
+    files_read: u64,
+    files_unchanged: u64,
+    bytes_unchanged: u64,
+    skipped_special: u64,
+) -> Counts {
+    use crate::repo::manifest::EntryKind;
+    Counts {
+        files: m
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
+            .count() as u64,
+        files_read,
+        files_unchanged,
+        bytes_total: m.entries.iter().map(|e| e.size).sum(),
+        bytes_unchanged,
+        skipped_special,
+        problems: problems.to_vec(),
+    }
+}
+
+fn summarize(id: Uuid, status: &str, parent: Option<Uuid>, c: &Counts, s: &WriteStats) -> Summary {
+    let logical = s.bytes + c.bytes_unchanged;
+    Summary {
+        backup_id: id,
+        status: status.into(),
+        parent,
+        files: c.files,
+        files_read: c.files_read,
+        files_unchanged: c.files_unchanged,
+        bytes_read: s.bytes,
+        bytes_total: c.bytes_total,
+        new_bytes: s.new_bytes,
+        stored_bytes: s.stored_bytes,
+        dedup_ratio: (s.stored_bytes > 0).then(|| logical as f64 / s.stored_bytes as f64),
+        packs: s.packs,
+        problems: c.problems.clone(),
+        skipped_special: c.skipped_special,
+        seconds: 0.0,
+    }
+}

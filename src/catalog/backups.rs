@@ -1,0 +1,193 @@
+//! Backups and their items in the catalog.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Catalog, query_error};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A backup as the catalog knows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BackupRow {
+    pub id: Uuid,
+    pub repository_id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    pub parent_id: Option<Uuid>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub manifest_key: Option<String>,
+    pub stats: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// The columns of [`BackupRow`], as a literal so queries stay static strings.
+macro_rules! columns {
+    () => {
+        "id, repository_id, kind, name, status, parent_id, started_at, finished_at, \
+         manifest_key, stats, error"
+    };
+}
+
+/// One item to record with a finished backup.
+pub struct ItemRow {
+    pub item: String,
+    pub item_type: String,
+    pub size: i64,
+    pub attrs: serde_json::Value,
+}
+
+impl Catalog {
+    /// Records a backup as running.
+    pub async fn start_backup(
+        &self,
+        id: Uuid,
+        repo: Uuid,
+        kind: &str,
+        name: &str,
+        parent: Option<Uuid>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backups (id, repository_id, kind, name, parent_id) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(kind)
+        .bind(name)
+        .bind(parent)
+        .execute(self.pool())
+        .await
+        .map_err(query_error)?;
+        Ok(())
+    }
+
+    /// Marks a backup usable (`complete` or `partial`) with its items, in one
+    /// transaction: either all of it is recorded or none.
+    pub async fn finish_backup(
+        &self,
+        id: Uuid,
+        status: &str,
+        manifest_key: &str,
+        stats: &serde_json::Value,
+        error: Option<&str>,
+        items: &[ItemRow],
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        for batch in items.chunks(5_000) {
+            let names: Vec<&str> = batch.iter().map(|i| i.item.as_str()).collect();
+            let types: Vec<&str> = batch.iter().map(|i| i.item_type.as_str()).collect();
+            let sizes: Vec<i64> = batch.iter().map(|i| i.size).collect();
+            let attrs: Vec<serde_json::Value> = batch.iter().map(|i| i.attrs.clone()).collect();
+            sqlx::query(
+                "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[])",
+            )
+            .bind(id)
+            .bind(&names)
+            .bind(&types)
+            .bind(&sizes)
+            .bind(&attrs)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        }
+        sqlx::query(
+            "UPDATE backups SET status = $2, manifest_key = $3, stats = $4, error = $5, \
+             finished_at = now() WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(manifest_key)
+        .bind(stats)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
+    }
+
+    /// Marks a running backup failed. Best effort: the caller is already
+    /// reporting an error.
+    pub async fn fail_backup(&self, id: Uuid, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE backups SET status = 'failed', error = $2, finished_at = now() \
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .map_err(query_error)?;
+        Ok(())
+    }
+
+    /// The newest usable backup of `kind`/`name`: the base of an incremental.
+    pub async fn latest_backup(
+        &self,
+        repo: Uuid,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<BackupRow>> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM backups WHERE repository_id = $1 AND kind = $2 AND name = $3 \
+             AND status IN ('complete', 'partial') ORDER BY started_at DESC LIMIT 1"
+        ))
+        .bind(repo)
+        .bind(kind)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(query_error)
+    }
+
+    /// Items of a backup, with their attributes.
+    pub async fn items(&self, backup: Uuid) -> Result<Vec<(String, serde_json::Value)>> {
+        sqlx::query_as("SELECT item, attrs FROM backup_items WHERE backup_id = $1")
+            .bind(backup)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error)
+    }
+
+    pub async fn list_backups(&self, repo: Uuid) -> Result<Vec<BackupRow>> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM backups WHERE repository_id = $1 ORDER BY started_at"
+        ))
+        .bind(repo)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)
+    }
+
+    /// A backup by id or unique id prefix.
+    pub async fn find_backup(&self, repo: Uuid, id: &str) -> Result<BackupRow> {
+        let rows: Vec<BackupRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM backups WHERE repository_id = $1 AND id::text LIKE $2 || '%' LIMIT 2"
+        ))
+        .bind(repo)
+        .bind(id.to_ascii_lowercase())
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
+        match rows.len() {
+            1 => Ok(rows.into_iter().next().unwrap()),
+            0 => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no backup `{id}` in the catalog"),
+            )
+            .with_guidance("`drctl backup list` shows the backups")),
+            _ => Err(
+                Error::new(ErrorKind::Config, format!("backup id `{id}` is ambiguous"))
+                    .with_guidance("give more characters of the id"),
+            ),
+        }
+    }
+}

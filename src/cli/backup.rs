@@ -1,0 +1,183 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::{Context, Out};
+use crate::backup::Summary;
+use crate::catalog::BackupRow;
+use crate::error::{Error, ErrorKind, Result};
+use crate::source::volume::Source;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Back up a volume: a directory tree, or a block image with --block.
+    Volume(VolumeArgs),
+    /// List the backups in the catalog.
+    List,
+    /// Show one backup.
+    Describe {
+        /// Backup id (or a unique prefix).
+        backup: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VolumeArgs {
+    /// Directory to back up.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "block",
+        conflicts_with = "block"
+    )]
+    path: Option<PathBuf>,
+    /// Block image or device to back up (fixed-size chunks).
+    #[arg(long, value_name = "FILE")]
+    block: Option<PathBuf>,
+    /// Name of the volume; incrementals are against the last backup of the
+    /// same name. Default: the last component of the path.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl BackupCommand {
+    pub(crate) async fn run(self, ctx: &Context, out: &Out) -> Result<()> {
+        let loaded = ctx.load_config()?;
+        let catalog = ctx.catalog(&loaded).await?;
+        match self {
+            BackupCommand::Volume(args) => {
+                let source = match (args.path, args.block) {
+                    (Some(p), _) => Source::Dir(p),
+                    (None, Some(b)) => Source::Block(b),
+                    (None, None) => unreachable!("clap requires one"),
+                };
+                let name = match args.name {
+                    Some(n) => n,
+                    None => source
+                        .path()
+                        .canonicalize()
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .ok_or_else(|| {
+                            Error::config(format!(
+                                "cannot name the volume {}",
+                                source.path().display()
+                            ))
+                            .with_guidance("pass --name NAME")
+                        })?,
+                };
+                let repo = Arc::new(super::open_repo(&loaded.config, None, true)?);
+                let level = loaded
+                    .config
+                    .repository
+                    .zstd_level
+                    .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL);
+                let bar = super::progress::bytes(None, "read");
+                let b2 = bar.clone();
+                let summary = crate::backup::backup_volume(
+                    repo,
+                    &catalog,
+                    &name,
+                    source,
+                    level,
+                    Arc::new(move |n| b2.inc(n)),
+                )
+                .await;
+                bar.finish_and_clear();
+                let summary = summary?;
+                out.emit(&summary, || render_summary(&summary));
+                if summary.status == "partial" {
+                    return Err(Error::new(
+                        ErrorKind::Partial,
+                        format!(
+                            "backup {} is partial: {} path(s) could not be read",
+                            summary.backup_id,
+                            summary.problems.len()
+                        ),
+                    )
+                    .with_guidance(
+                        "the rest is backed up and restorable; the paths are listed above",
+                    ));
+                }
+                Ok(())
+            }
+            BackupCommand::List => {
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let rows = catalog.list_backups(repo.id).await?;
+                out.emit(&rows, || {
+                    let mut t = format!(
+                        "{:<36}  {:<8}  {:<20}  {:<9}  {:<20}  {:>12}\n",
+                        "ID", "KIND", "NAME", "STATUS", "STARTED", "BYTES"
+                    );
+                    for r in &rows {
+                        t.push_str(&format!(
+                            "{:<36}  {:<8}  {:<20}  {:<9}  {:<20}  {:>12}\n",
+                            r.id,
+                            r.kind,
+                            r.name,
+                            r.status,
+                            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                            r.stats
+                                .get("bytes_total")
+                                .and_then(|v| v.as_u64())
+                                .unwrap_or(0)
+                        ));
+                    }
+                    t
+                });
+                Ok(())
+            }
+            BackupCommand::Describe { backup } => {
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let row: BackupRow = catalog.find_backup(repo.id, &backup).await?;
+                out.emit(&row, || {
+                    format!(
+                        "backup   {}\nkind     {}\nname     {}\nstatus   {}\nparent   {}\nstarted  {}\nfinished {}\nmanifest {}\n{}stats    {}\n",
+                        row.id,
+                        row.kind,
+                        row.name,
+                        row.status,
+                        row.parent_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        row.started_at.to_rfc3339(),
+                        row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                        row.manifest_key.as_deref().unwrap_or("-"),
+                        row.error.as_ref().map(|e| format!("error    {e}\n")).unwrap_or_default(),
+                        row.stats
+                    )
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+fn render_summary(s: &Summary) -> String {
+    let mut t = format!(
+        "backup {} {}\n  files      {} ({} read, {} unchanged)\n  bytes      {} total, {} read, {} new, {} stored in {} pack(s)\n  dedup      {}\n  time       {:.1}s\n",
+        s.backup_id,
+        s.status,
+        s.files,
+        s.files_read,
+        s.files_unchanged,
+        super::progress::human(s.bytes_total),
+        super::progress::human(s.bytes_read),
+        super::progress::human(s.new_bytes),
+        super::progress::human(s.stored_bytes),
+        s.packs,
+        s.dedup_ratio
+            .map(|r| format!("{r:.2}x (logical bytes per stored byte)"))
+            .unwrap_or_else(|| "everything was stored already".into()),
+        s.seconds
+    );
+    if s.skipped_special > 0 {
+        t.push_str(&format!(
+            "  skipped    {} special file(s)\n",
+            s.skipped_special
+        ));
+    }
+    for p in &s.problems {
+        t.push_str(&format!("  not backed up: {}: {}\n", p.path, p.error));
+    }
+    t
+}

@@ -1,0 +1,121 @@
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{Context, Out};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::{Recipients, Repository, read_config};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepoCommand {
+    /// Create the repository: its config and its secret, encrypted to the
+    /// recipients. Never overwrites an existing repository.
+    Init {
+        /// Also write the repository secret here (mode 0600) for writers that
+        /// do not hold the identity; default: encryption.repository_secret_file
+        /// when it is set and does not exist yet.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+    },
+    /// Show the repository's format, chunker and recipients.
+    Info,
+}
+
+impl RepoCommand {
+    pub(crate) fn run(self, ctx: &Context, out: &Out) -> Result<()> {
+        let loaded = ctx.load_config()?;
+        let store = super::open_store(&loaded.config)?;
+        match self {
+            RepoCommand::Init { secret_file } => {
+                let recipients = Recipients::parse(&loaded.config.encryption.recipients)?;
+                let secret_file = secret_file.or_else(|| {
+                    loaded
+                        .config
+                        .encryption
+                        .repository_secret_file
+                        .clone()
+                        .filter(|p| !p.exists())
+                });
+                if let Some(p) = &secret_file
+                    && p.exists()
+                {
+                    return Err(Error::config(format!("{} exists already", p.display()))
+                        .with_guidance("choose a new path for the repository secret"));
+                }
+                let repo = Repository::init(store, recipients)?;
+                if let Some(p) = &secret_file {
+                    write_secret(p, &repo.secret.to_json())?;
+                }
+                out.emit(
+                    &serde_json::json!({
+                        "repository": repo.config,
+                        "location": repo.store.location(),
+                        "secret_file": secret_file.as_ref().map(|p| p.display().to_string()),
+                    }),
+                    || {
+                        let mut t = format!(
+                            "created repository {} at {}\n",
+                            repo.config.id,
+                            repo.store.location()
+                        );
+                        if let Some(p) = &secret_file {
+                            t.push_str(&format!(
+                                "repository secret written to {} (give it to writers as a Kubernetes Secret)\n",
+                                p.display()
+                            ));
+                        }
+                        t
+                    },
+                );
+            }
+            RepoCommand::Info => {
+                let config = read_config(&*store)?;
+                out.emit(
+                    &serde_json::json!({"repository": config, "location": store.location()}),
+                    || {
+                        format!(
+                            "repository {}\nlocation   {}\nformat     {}\ncreated    {}\nchunker    {} min {} avg {} max {} (blocks: fixed {})\npacks      {} MiB\nrecipients {}\n",
+                            config.id,
+                            store.location(),
+                            config.format_version,
+                            config.created_at.to_rfc3339(),
+                            config.chunker.algorithm,
+                            config.chunker.min,
+                            config.chunker.avg,
+                            config.chunker.max,
+                            config.chunker.block_chunk,
+                            config.pack_size >> 20,
+                            config.recipients.join(", ")
+                        )
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Failed,
+                format!("cannot create {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        Error::new(
+            ErrorKind::Failed,
+            format!("cannot write {}", path.display()),
+        )
+        .with_source(e)
+    })
+}

@@ -1,0 +1,177 @@
+//! Manifests: what one backup holds, sealed so it can be trusted.
+//!
+//! A manifest carries the tree (for volumes: every entry with its metadata and
+//! chunk list) and the pack location of every chunk it references, so a backup
+//! restores from the bucket alone, with the catalog gone.
+//!
+//! ```text
+//! object manifests/<backup-id> = age( MAC ‖ zstd(JSON) )
+//! MAC = BLAKE3-keyed(manifest MAC key, "drctl manifest v1" ‖ backup-id ‖ zstd(JSON))
+//! ```
+//! The MAC binds the body to its backup id, so a manifest copied under another
+//! id fails too.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::crypto::{ChunkId, Identity, Recipients, RepoSecret};
+use crate::error::{Error, ErrorKind, Result};
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The object key of a backup's manifest.
+pub fn manifest_key(id: Uuid) -> String {
+    format!("manifests/{id}")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub backup_id: Uuid,
+    pub repository_id: Uuid,
+    /// `volume` (later: `etcd`, `resources`).
+    pub kind: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub parent: Option<Uuid>,
+    /// What was read: a directory or a block image.
+    pub source: String,
+    /// `complete` or `partial`.
+    pub status: String,
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+    pub entries: Vec<Entry>,
+    /// Every chunk the entries reference; entries point into this list.
+    pub chunks: Vec<ChunkLocation>,
+}
+
+/// A path that could not be backed up, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    pub path: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    /// Another name of a file earlier in the list (`target`).
+    Hardlink,
+    /// A raw block image.
+    Block,
+}
+
+/// One entry of a volume tree. Paths are relative and escaped
+/// ([`crate::source::volume::escape`]) so non-UTF-8 names survive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    pub size: u64,
+    /// Symlink target, or the first name of a hard-linked file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Extended attributes: escaped name, hex value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(String, String)>,
+    /// Data regions of a file; the rest of `size` is holes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extents: Vec<Extent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+    /// Indexes into [`Manifest::chunks`], in order.
+    pub chunks: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub id: ChunkId,
+    pub pack: String,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+impl Manifest {
+    /// Serialises, authenticates and encrypts the manifest.
+    pub fn seal(&self, secret: &RepoSecret, recipients: &Recipients) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("manifest serialises");
+        let body = zstd::bulk::compress(&json, 3).expect("zstd in memory");
+        let mut plain = mac(secret, self.backup_id, &body).to_vec();
+        plain.extend_from_slice(&body);
+        recipients.encrypt(&plain)
+    }
+
+    /// Decrypts and authenticates the manifest of backup `id`.
+    pub fn open(
+        id: Uuid,
+        sealed: &[u8],
+        secret: &RepoSecret,
+        identity: &Identity,
+    ) -> Result<Manifest> {
+        let what = format!("the manifest of backup {id}");
+        let plain = identity.decrypt(&what, sealed)?;
+        let forged = || {
+            Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{what} failed authentication: it was not written by this repository's writers"
+                ),
+            )
+            .with_guidance(
+                "do not restore it; someone with write access to the bucket may have planted \
+                 it. Other backups are unaffected",
+            )
+        };
+        if plain.len() < 32 {
+            return Err(forged());
+        }
+        let (tag, body) = plain.split_at(32);
+        let expected = mac(secret, id, body);
+        // blake3::Hash compares in constant time.
+        if blake3::Hash::from_bytes(tag.try_into().unwrap()) != blake3::Hash::from_bytes(expected) {
+            return Err(forged());
+        }
+        let json = zstd::bulk::decompress(body, 1 << 30).map_err(|e| {
+            Error::new(ErrorKind::Integrity, format!("{what} does not decompress")).with_source(e)
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&json).map_err(|e| {
+            Error::new(ErrorKind::Integrity, format!("{what} does not parse")).with_source(e)
+        })?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{what} has format {}, this drctl reads {MANIFEST_FORMAT}",
+                    manifest.format
+                ),
+            )
+            .with_guidance("use a drctl version that matches the repository"));
+        }
+        if manifest.backup_id != id || manifest.repository_id != secret.repository_id {
+            return Err(forged());
+        }
+        Ok(manifest)
+    }
+}
+
+fn mac(secret: &RepoSecret, id: Uuid, body: &[u8]) -> [u8; 32] {
+    let mut input = Vec::with_capacity(body.len() + 40);
+    input.extend_from_slice(b"drctl manifest v1");
+    input.extend_from_slice(id.as_bytes());
+    input.extend_from_slice(body);
+    secret.manifest_mac(&input)
+}

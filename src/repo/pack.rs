@@ -1,0 +1,189 @@
+//! Packs: many encrypted chunks in one object, with their own encrypted index.
+//!
+//! ```text
+//! [blob 0][blob 1]…[blob n-1][index (age)][index length: u32 LE]["DRCTLPK1"]
+//! blob = age( flag: u8 (0 raw, 1 zstd) ‖ payload )
+//! ```
+//! The object key is the SHA-256 of all of it, so any change to a pack, a
+//! replaced pack included, is caught before a byte of it is trusted. Each
+//! chunk is then checked against its keyed id after decryption and
+//! decompression. Chunks that zstd does not shrink are stored raw.
+//! The index makes a pack self-describing: the catalog can be rebuilt from
+//! the packs and manifests alone.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{ChunkId, Identity, Recipients, RepoSecret};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::sha256;
+
+const MAGIC: &[u8; 8] = b"DRCTLPK1";
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+/// Where a chunk is inside its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub id: ChunkId,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// Compresses (when it helps) and encrypts one chunk into a blob.
+pub fn seal_chunk(data: &[u8], zstd_level: i32, recipients: &Recipients) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(data.len() + 1);
+    let compressed = zstd::bulk::compress(data, zstd_level).ok();
+    match compressed {
+        // Keep compression only when it saves at least 1/32: below that the
+        // decompression cost on restore buys nothing.
+        Some(c) if c.len() + c.len() / 32 < data.len() => {
+            plain.push(FLAG_ZSTD);
+            plain.extend_from_slice(&c);
+        }
+        _ => {
+            plain.push(FLAG_RAW);
+            plain.extend_from_slice(data);
+        }
+    }
+    recipients.encrypt(&plain)
+}
+
+/// Decrypts and decompresses a blob, and checks it is the chunk `id`.
+pub fn open_chunk(
+    blob: &[u8],
+    entry: &IndexEntry,
+    identity: &Identity,
+    secret: &RepoSecret,
+    pack: &str,
+) -> Result<Vec<u8>> {
+    let what = || format!("chunk {} in pack {pack}", entry.id.to_hex());
+    let plain = identity.decrypt(&what(), blob)?;
+    let data = match plain.split_first() {
+        Some((&FLAG_RAW, rest)) => rest.to_vec(),
+        Some((&FLAG_ZSTD, rest)) => zstd::bulk::decompress(rest, entry.raw_length as usize)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("{} does not decompress", what()),
+                )
+                .with_source(e)
+            })?,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!("{} has an unknown encoding", what()),
+            ));
+        }
+    };
+    if data.len() != entry.raw_length as usize || secret.chunk_id(&data) != entry.id {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!("{} does not match its id", what()),
+        ));
+    }
+    Ok(data)
+}
+
+/// Collects blobs into a pack.
+#[derive(Default)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    index: Vec<IndexEntry>,
+}
+
+/// A finished pack, ready to store.
+pub struct SealedPack {
+    pub key: String,
+    pub sha256: [u8; 32],
+    pub bytes: Vec<u8>,
+    pub index: Vec<IndexEntry>,
+}
+
+impl PackBuilder {
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackBuilder {
+            buf: Vec::with_capacity(bytes),
+            index: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize) {
+        self.index.push(IndexEntry {
+            id,
+            offset: self.buf.len() as u32,
+            length: blob.len() as u32,
+            raw_length: raw_length as u32,
+        });
+        self.buf.extend_from_slice(blob);
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn finish(mut self, recipients: &Recipients) -> SealedPack {
+        let index = serde_json::to_vec(&self.index).expect("index serialises");
+        let sealed = recipients.encrypt(&zstd::bulk::compress(&index, 3).expect("zstd in memory"));
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(MAGIC);
+        let sha = sha256(&self.buf);
+        SealedPack {
+            key: pack_key(&sha),
+            sha256: sha,
+            bytes: self.buf,
+            index: self.index,
+        }
+    }
+}
+
+/// The object key of a pack with this SHA-256.
+pub fn pack_key(sha: &[u8; 32]) -> String {
+    let h = hex::encode(sha);
+    format!("packs/{}/{h}", &h[..2])
+}
+
+/// Checks that `bytes` are the pack stored under `key`.
+pub fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
+    if pack_key(&sha256(bytes)) != key {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!("pack {key} is damaged or replaced: its SHA-256 does not match its key"),
+        )
+        .with_guidance("run `drctl verify --read-data` to list the backups and files it affects"));
+    }
+    Ok(())
+}
+
+/// Reads the index of a verified pack.
+pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<Vec<IndexEntry>> {
+    let bad = |why: &str| Error::new(ErrorKind::Integrity, format!("pack {key}: {why}"));
+    if bytes.len() < 12 || &bytes[bytes.len() - 8..] != MAGIC {
+        return Err(bad("not a drctl pack (no trailer)"));
+    }
+    let n = bytes.len();
+    let len = u32::from_le_bytes(bytes[n - 12..n - 8].try_into().unwrap()) as usize;
+    if len > n - 12 {
+        return Err(bad("index length out of range"));
+    }
+    let sealed = &bytes[n - 12 - len..n - 12];
+    let packed = identity.decrypt(&format!("the index of pack {key}"), sealed)?;
+    let json =
+        zstd::bulk::decompress(&packed, 64 << 20).map_err(|_| bad("index does not decompress"))?;
+    let index: Vec<IndexEntry> =
+        serde_json::from_slice(&json).map_err(|_| bad("index does not parse"))?;
+    let data_end = (n - 12 - len) as u64;
+    if index
+        .iter()
+        .any(|e| e.offset as u64 + e.length as u64 > data_end)
+    {
+        return Err(bad("index points outside the pack"));
+    }
+    Ok(index)
+}

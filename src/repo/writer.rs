@@ -1,0 +1,227 @@
+//! The write pipeline: chunk → id → dedup → zstd → age → pack → store.
+//!
+//! Stages run on their own threads, joined by bounded channels, so both cores
+//! stay busy and memory stays bounded whatever the input size:
+//!
+//! ```text
+//! producer (caller: reads, cuts chunks)
+//!   ─[2×workers chunks]→ workers ×N (id, dedup, compress, encrypt)
+//!   ─[8 blobs]→ packer (fills a 16 MiB pack)
+//!   ─[1 pack]→ uploader (put-once, then records the pack in the catalog)
+//! ```
+//! At most about (2N + 8) chunks of ≤ 4 MiB plus three packs are in memory.
+//! A chunk enters the dedup set before it is packed, so a chunk seen twice in
+//! one backup is stored once. A pack's chunks are recorded only after the
+//! pack is stored, so the catalog never points at data that is not there: a
+//! backup killed midway leaves packs the next one reuses.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use super::pack::{PackBuilder, SealedPack, seal_chunk};
+use super::{ChunkId, Repository};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::PutOptions;
+
+/// A chunk to store, tagged by the producer to find its id afterwards.
+pub struct Job {
+    pub tag: u64,
+    pub data: Vec<u8>,
+}
+
+/// The id of a tagged chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub tag: u64,
+    pub id: ChunkId,
+    pub raw_length: u32,
+}
+
+/// Counters of one write.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct WriteStats {
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+    pub packs: u64,
+}
+
+/// Where the producer sends chunks. Sending fails when the pipeline stopped
+/// (an error downstream); the producer should then return.
+#[derive(Clone)]
+pub struct Sink {
+    tx: SyncSender<Job>,
+    stopped: Arc<AtomicBool>,
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Sink {
+    pub fn send(&self, job: Job) -> Result<()> {
+        self.bytes_in
+            .fetch_add(job.data.len() as u64, Ordering::Relaxed);
+        self.tx.send(job).map_err(|_| stopped_error())
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+fn stopped_error() -> Error {
+    Error::new(ErrorKind::Failed, "the write pipeline stopped")
+}
+
+/// Called with each stored pack, to record it (in the catalog).
+pub type OnPack<'a> = dyn Fn(&SealedPack) -> Result<()> + Sync + 'a;
+
+/// Runs the pipeline with `produce` feeding it on the calling thread.
+/// Returns what `produce` returned, the id of every tagged chunk, and stats.
+pub fn write<R: Send>(
+    repo: &Repository,
+    known: HashSet<ChunkId>,
+    zstd_level: i32,
+    on_pack: &OnPack<'_>,
+    produce: impl FnOnce(&Sink) -> Result<R>,
+) -> Result<(R, Vec<Written>, WriteStats)> {
+    let recipients = repo.recipients()?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
+    let (blob_tx, blob_rx) = sync_channel::<(ChunkId, Vec<u8>, usize)>(8);
+    let (pack_tx, pack_rx) = sync_channel::<SealedPack>(1);
+    let job_rx = Mutex::new(job_rx);
+    let known = Mutex::new(known);
+    let written = Mutex::new(Vec::new());
+    let stats = Mutex::new(WriteStats::default());
+    let stopped = Arc::new(AtomicBool::new(false));
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        stopped.store(true, Ordering::Relaxed);
+        let mut f = failure.lock().unwrap();
+        // Keep the first real cause, not the "stopped" its neighbours saw.
+        if f.as_ref()
+            .is_none_or(|old| old.what() == stopped_error().what())
+        {
+            *f = Some(e);
+        }
+    };
+
+    let produced = std::thread::scope(|s| {
+        for _ in 0..workers {
+            let blob_tx = blob_tx.clone();
+            let (job_rx, known, written, stats, fail) = (&job_rx, &known, &written, &stats, &fail);
+            s.spawn(move || {
+                loop {
+                    let job = match job_rx.lock().unwrap().recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    };
+                    let id = repo.secret.chunk_id(&job.data);
+                    let len = job.data.len();
+                    written.lock().unwrap().push(Written {
+                        tag: job.tag,
+                        id,
+                        raw_length: len as u32,
+                    });
+                    let new = known.lock().unwrap().insert(id);
+                    {
+                        let mut st = stats.lock().unwrap();
+                        st.chunks += 1;
+                        st.bytes += len as u64;
+                        if new {
+                            st.new_chunks += 1;
+                            st.new_bytes += len as u64;
+                        }
+                    }
+                    if new {
+                        let blob = seal_chunk(&job.data, zstd_level, recipients);
+                        drop(job);
+                        if blob_tx.send((id, blob, len)).is_err() {
+                            fail(stopped_error());
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(blob_tx);
+
+        let pack_size = repo.config.pack_size;
+        s.spawn(move || pack_stage(blob_rx, pack_tx, pack_size, recipients));
+        let (stats_ref, fail_ref) = (&stats, &fail);
+        s.spawn(move || {
+            if let Err(e) = upload_stage(repo, pack_rx, on_pack, stats_ref) {
+                fail_ref(e);
+            }
+        });
+
+        let sink = Sink {
+            tx: job_tx,
+            stopped: stopped.clone(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+        };
+        let result = produce(&sink);
+        drop(sink);
+        result
+    });
+
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    let produced = produced?;
+    Ok((
+        produced,
+        written.into_inner().unwrap(),
+        stats.into_inner().unwrap(),
+    ))
+}
+
+fn pack_stage(
+    blobs: Receiver<(ChunkId, Vec<u8>, usize)>,
+    packs: SyncSender<SealedPack>,
+    pack_size: usize,
+    recipients: &super::Recipients,
+) {
+    let mut builder = PackBuilder::with_capacity(pack_size + (4 << 20));
+    for (id, blob, raw) in blobs {
+        builder.add(id, &blob, raw);
+        if builder.len() >= pack_size {
+            let full = std::mem::replace(
+                &mut builder,
+                PackBuilder::with_capacity(pack_size + (4 << 20)),
+            );
+            if packs.send(full.finish(recipients)).is_err() {
+                return;
+            }
+        }
+    }
+    if !builder.is_empty() {
+        let _ = packs.send(builder.finish(recipients));
+    }
+}
+
+fn upload_stage(
+    repo: &Repository,
+    packs: Receiver<SealedPack>,
+    on_pack: &OnPack<'_>,
+    stats: &Mutex<WriteStats>,
+) -> Result<()> {
+    for pack in packs {
+        repo.store.put(
+            &pack.key,
+            &pack.bytes,
+            &PutOptions {
+                sha256: pack.sha256,
+                retain_until: None,
+            },
+        )?;
+        on_pack(&pack)?;
+        let mut st = stats.lock().unwrap();
+        st.packs += 1;
+        st.stored_bytes += pack.bytes.len() as u64;
+    }
+    Ok(())
+}

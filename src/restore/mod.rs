@@ -1,0 +1,5 @@
+//! Restores: the read side of the pipeline. Every pack is checked against
+//! its SHA-256 key before use, every chunk against its keyed id after
+//! decryption and decompression; nothing unverified reaches the target.
+
+pub mod volume;

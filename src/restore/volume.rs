@@ -1,0 +1,351 @@
+//! Restoring a volume backup into a directory (or a block image to a file).
+//!
+//! The plan is made from the manifest alone: directories, then every file
+//! created at its full size (holes stay holes), then the data written pack by
+//! pack (each pack fetched once, verified, its chunks written to every place
+//! that uses them, on all cores), then links, then metadata deepest first so
+//! that directory times survive the writes into them.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repository;
+use crate::repo::manifest::{Entry, EntryKind, Manifest};
+use crate::repo::pack::{IndexEntry, open_chunk, verify_pack};
+use crate::source::volume::unescape;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    pub backup_id: uuid::Uuid,
+    pub target: String,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub packs_read: u64,
+    /// Metadata that could not be applied (ownership when not root, …).
+    pub warnings: Vec<String>,
+}
+
+/// Where restored data goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Dir { path: PathBuf, force: bool },
+    Block { path: PathBuf, force: bool },
+}
+
+fn rel_path(e: &Entry) -> Result<PathBuf> {
+    let bytes = unescape(&e.path).ok_or_else(|| bad_manifest(&e.path))?;
+    let p = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad_manifest(&e.path));
+    }
+    Ok(p)
+}
+
+fn bad_manifest(path: &str) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!("the manifest holds an invalid path `{path}`"),
+    )
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                ErrorKind::Permission
+            }
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            _ => ErrorKind::Failed,
+        };
+        Error::new(kind, what).with_source(e)
+    }
+}
+
+/// Checks the target before anything is written.
+pub fn check_target(target: &Target) -> Result<()> {
+    match target {
+        Target::Dir { path, force } => {
+            if let Ok(mut rd) = fs::read_dir(path)
+                && rd.next().is_some()
+                && !force
+            {
+                return Err(Error::config(format!("restore target {} is not empty", path.display()))
+                    .with_guidance("choose an empty or new directory, or pass --force to restore over its contents"));
+            }
+            if path.exists() && !path.is_dir() {
+                return Err(Error::config(format!(
+                    "restore target {} is not a directory",
+                    path.display()
+                )));
+            }
+        }
+        Target::Block { path, force } => {
+            if let Ok(m) = fs::metadata(path)
+                && (m.len() > 0 || m.file_type().is_dir())
+                && !force
+            {
+                return Err(
+                    Error::config(format!("block target {} exists", path.display()))
+                        .with_guidance("pass --force to overwrite it"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restores `manifest` to `target`.
+pub fn restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    target: &Target,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<RestoreSummary> {
+    check_target(target)?;
+    let identity = repo.identity()?;
+    let (root, block) = match target {
+        Target::Dir { path, .. } => (path.clone(), false),
+        Target::Block { path, .. } => (path.clone(), true),
+    };
+    if !block {
+        fs::create_dir_all(&root).map_err(io(format!(
+            "cannot create restore target {}",
+            root.display()
+        )))?;
+        // Probe writability now, not after the first pack is fetched.
+        let probe = root.join(format!(".drctl-probe-{}", std::process::id()));
+        File::create(&probe).map_err(io(format!(
+            "restore target {} is not writable",
+            root.display()
+        )))?;
+        let _ = fs::remove_file(&probe);
+    }
+    let dest = |e: &Entry| -> Result<PathBuf> {
+        if block {
+            Ok(root.clone())
+        } else {
+            Ok(root.join(rel_path(e)?))
+        }
+    };
+
+    // 1. Directories and files at full size.
+    let mut summary = RestoreSummary {
+        backup_id: manifest.backup_id,
+        target: root.display().to_string(),
+        entries: manifest.entries.len() as u64,
+        files: 0,
+        bytes: 0,
+        packs_read: 0,
+        warnings: Vec::new(),
+    };
+    for e in &manifest.entries {
+        let p = dest(e)?;
+        match e.kind {
+            EntryKind::Dir => {
+                fs::create_dir_all(&p)
+                    .map_err(io(format!("cannot create directory {}", p.display())))?;
+                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
+            }
+            EntryKind::File | EntryKind::Block => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(!block)
+                    .open(&p)
+                    .map_err(io(format!("cannot create {}", p.display())))?;
+                if !block || f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                    f.set_len(e.size)
+                        .map_err(io(format!("cannot size {}", p.display())))?;
+                }
+                summary.files += 1;
+                summary.bytes += e.size;
+            }
+            _ => {}
+        }
+    }
+
+    // 2. Data, pack by pack.
+    let mut by_pack: HashMap<&str, Vec<(u32, usize, u64)>> = HashMap::new();
+    for (ei, e) in manifest.entries.iter().enumerate() {
+        for x in &e.extents {
+            let mut at = x.offset;
+            for &ci in &x.chunks {
+                let loc = manifest
+                    .chunks
+                    .get(ci as usize)
+                    .ok_or_else(|| bad_manifest(&e.path))?;
+                by_pack
+                    .entry(loc.pack.as_str())
+                    .or_default()
+                    .push((ci, ei, at));
+                at += loc.raw_length as u64;
+            }
+        }
+    }
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by(|a, b| a.0.cmp(b.0));
+    let queue = Mutex::new(packs.into_iter());
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let packs_read = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    if failure.lock().unwrap().is_some() {
+                        return;
+                    }
+                    let Some((pack, uses)) = queue.lock().unwrap().next() else {
+                        return;
+                    };
+                    let r = restore_pack(repo, identity, manifest, pack, &uses, &dest, progress);
+                    match r {
+                        Ok(()) => {
+                            packs_read.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failure.lock().unwrap().get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    summary.packs_read = packs_read.into_inner();
+    if block {
+        return Ok(summary);
+    }
+
+    // 3. Links.
+    for e in &manifest.entries {
+        let p = dest(e)?;
+        match e.kind {
+            EntryKind::Symlink => {
+                let t = e
+                    .target
+                    .as_deref()
+                    .and_then(unescape)
+                    .ok_or_else(|| bad_manifest(&e.path))?;
+                let _ = fs::remove_file(&p);
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t), &p)
+                    .map_err(io(format!("cannot create symlink {}", p.display())))?;
+            }
+            EntryKind::Hardlink => {
+                let first = manifest
+                    .entries
+                    .iter()
+                    .find(|f| Some(&f.path) == e.target.as_ref())
+                    .ok_or_else(|| bad_manifest(&e.path))?;
+                let _ = fs::remove_file(&p);
+                fs::hard_link(dest(first)?, &p)
+                    .map_err(io(format!("cannot create hard link {}", p.display())))?;
+            }
+            _ => {}
+        }
+    }
+
+    // 4. Metadata, deepest first.
+    let root_user = crate::sys::is_root();
+    for e in manifest.entries.iter().rev() {
+        if e.kind == EntryKind::Hardlink {
+            continue;
+        }
+        let p = dest(e)?;
+        for (name, value) in &e.xattrs {
+            let (Some(n), Ok(v)) = (unescape(name), hex::decode(value)) else {
+                continue;
+            };
+            if let Err(err) = xattr::set(&p, std::ffi::OsStr::from_bytes(&n), &v) {
+                summary
+                    .warnings
+                    .push(format!("{}: xattr {name}: {err}", e.path));
+            }
+        }
+        if let Err(err) = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
+            && root_user
+        {
+            summary
+                .warnings
+                .push(format!("{}: owner {}:{}: {err}", e.path, e.uid, e.gid));
+        }
+        if e.kind != EntryKind::Symlink {
+            fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
+                .map_err(io(format!("cannot set the mode of {}", p.display())))?;
+        }
+        crate::sys::set_mtime_nofollow(&p, e.mtime_ns)
+            .map_err(io(format!("cannot set the times of {}", p.display())))?;
+    }
+    Ok(summary)
+}
+
+fn restore_pack(
+    repo: &Repository,
+    identity: &crate::repo::Identity,
+    manifest: &Manifest,
+    pack: &str,
+    uses: &[(u32, usize, u64)],
+    dest: &dyn Fn(&Entry) -> Result<PathBuf>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let bytes = repo.store.get(pack)?;
+    verify_pack(pack, &bytes)?;
+    // Each chunk is opened once and written to every place that uses it; a
+    // file is opened per write, so a pack of many small files holds no more
+    // than one descriptor at a time.
+    let mut uses = uses.to_vec();
+    uses.sort_unstable();
+    let mut current: Option<(u32, Vec<u8>)> = None;
+    for (ci, ei, at) in uses {
+        let loc = &manifest.chunks[ci as usize];
+        if current.as_ref().is_none_or(|(c, _)| *c != ci) {
+            let end = loc.offset as usize + loc.length as usize;
+            let blob = bytes.get(loc.offset as usize..end).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("pack {pack} is shorter than its index says"),
+                )
+            })?;
+            let entry = IndexEntry {
+                id: loc.id,
+                offset: loc.offset,
+                length: loc.length,
+                raw_length: loc.raw_length,
+            };
+            current = Some((ci, open_chunk(blob, &entry, identity, &repo.secret, pack)?));
+        }
+        let data = &current.as_ref().expect("set above").1;
+        let e = &manifest.entries[ei];
+        let p = dest(e)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io(format!("cannot open {}", p.display())))?;
+        f.write_all_at(data, at)
+            .map_err(io(format!("cannot write {}", p.display())))?;
+        progress(data.len() as u64);
+    }
+    Ok(())
+}
+
+/// Where a path of a backup went: used to say what a failure affects.
+pub fn display_path(e: &Entry) -> String {
+    String::from_utf8_lossy(&unescape(&e.path).unwrap_or_default()).into_owned()
+}

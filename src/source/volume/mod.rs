@@ -1,0 +1,400 @@
+//! The volume source: a directory tree (or a raw block image) read file by
+//! file, with its metadata, into the write pipeline.
+//!
+//! Entries come out in a stable order (names sorted bytewise, depth first),
+//! so unchanged trees produce identical manifests. A file whose size, mtime,
+//! ctime and inode match the previous backup of the same volume is not read
+//! again: its chunk list is taken from that backup. Holes in sparse files are
+//! found with SEEK_DATA/SEEK_HOLE and not read at all. Special files (devices,
+//! fifos, sockets) are skipped with a warning: they carry no data to restore.
+
+mod escape;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use escape::{escape, unescape};
+
+use crate::error::Result;
+use crate::repo::ChunkId;
+use crate::repo::chunker::{BLOCK_CHUNK, Chunking, chunk_stream};
+use crate::repo::manifest::{Entry, EntryKind, Problem};
+use crate::repo::writer::{Job, Sink};
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory tree.
+    Dir(PathBuf),
+    /// A raw block image or device, chunked at fixed offsets.
+    Block(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Dir(p) | Source::Block(p) => p,
+        }
+    }
+}
+
+/// What the previous backup recorded of a file, to skip it when unchanged.
+/// Stored in the catalog (`backup_items.attrs`), which writers can read:
+/// they cannot decrypt old manifests, by design.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub extents: Vec<StampExtent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StampExtent {
+    pub offset: u64,
+    pub length: u64,
+    pub chunks: Vec<ChunkId>,
+}
+
+/// A chunk reference before the pipeline has named every chunk.
+#[derive(Debug, Clone, Copy)]
+pub enum Ref {
+    Known(ChunkId),
+    Tag(u64),
+}
+
+/// The tree as read: entries in order, their chunk references per extent,
+/// and what went wrong.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    /// For each entry, per extent `(offset, length, refs)`.
+    pub refs: Vec<Vec<(u64, u64, Vec<Ref>)>>,
+    /// For each entry, `(ctime_ns, ino)` for the next incremental.
+    pub stamps: Vec<(i64, u64)>,
+    pub problems: Vec<Problem>,
+    pub files_read: u64,
+    pub files_unchanged: u64,
+    pub bytes_unchanged: u64,
+    pub skipped_special: u64,
+}
+
+/// Reads `source` into `sink`. `parent` maps escaped paths to their stamps in
+/// the previous backup. `progress` is told how many bytes were read.
+pub fn read(
+    source: &Source,
+    parent: &HashMap<String, Stamp>,
+    seed: u64,
+    sink: &Sink,
+    progress: &dyn Fn(u64),
+) -> Result<Scan> {
+    let mut reader = Reader {
+        parent,
+        sink,
+        progress,
+        seed,
+        next_tag: 0,
+        links: HashMap::new(),
+        scan: Scan::default(),
+    };
+    match source {
+        Source::Dir(root) => {
+            let meta = fs::symlink_metadata(root).map_err(|e| {
+                crate::Error::new(
+                    crate::ErrorKind::NotFound,
+                    format!("cannot read the volume directory {}", root.display()),
+                )
+                .with_source(e)
+            })?;
+            if !meta.is_dir() {
+                return Err(
+                    crate::Error::config(format!("{} is not a directory", root.display()))
+                        .with_guidance("use --block FILE for a block image or device"),
+                );
+            }
+            reader.dir(root, Vec::new(), &meta)?;
+        }
+        Source::Block(path) => reader.block(path)?,
+    }
+    Ok(reader.scan)
+}
+
+struct Reader<'a> {
+    parent: &'a HashMap<String, Stamp>,
+    sink: &'a Sink,
+    progress: &'a dyn Fn(u64),
+    seed: u64,
+    next_tag: u64,
+    /// (dev, ino) → escaped path of the first name of a hard-linked file.
+    links: HashMap<(u64, u64), String>,
+    scan: Scan,
+}
+
+fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        size: 0,
+        target: None,
+        xattrs: Vec::new(),
+        extents: Vec::new(),
+    }
+}
+
+fn ctime_ns(m: &fs::Metadata) -> i64 {
+    m.ctime() * 1_000_000_000 + m.ctime_nsec()
+}
+
+fn xattrs(path: &Path) -> Vec<(String, String)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = names
+        .filter_map(|n| {
+            let v = xattr::get(path, &n).ok()??;
+            Some((escape(n.as_bytes()), hex::encode(v)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, rel: &[u8], err: impl std::fmt::Display) {
+        let path = escape(rel);
+        tracing::warn!(%path, error = %err, "not backed up");
+        self.scan.problems.push(Problem {
+            path,
+            error: err.to_string(),
+        });
+    }
+
+    fn push(&mut self, e: Entry, refs: Vec<(u64, u64, Vec<Ref>)>, stamp: (i64, u64)) {
+        self.scan.entries.push(e);
+        self.scan.refs.push(refs);
+        self.scan.stamps.push(stamp);
+    }
+
+    fn dir(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<()> {
+        let mut e = entry(escape(&rel), EntryKind::Dir, meta);
+        e.xattrs = xattrs(abs);
+        self.push(e, Vec::new(), (ctime_ns(meta), meta.ino()));
+        let mut children: Vec<_> = match fs::read_dir(abs) {
+            Ok(rd) => rd.filter_map(|r| r.ok()).map(|d| d.file_name()).collect(),
+            Err(err) => {
+                self.problem(&rel, format!("cannot list directory: {err}"));
+                return Ok(());
+            }
+        };
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in children {
+            if self.sink.is_stopped() {
+                return Ok(());
+            }
+            let child_abs = abs.join(&name);
+            let mut child_rel = rel.clone();
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(name.as_bytes());
+            let meta = match fs::symlink_metadata(&child_abs) {
+                Ok(m) => m,
+                Err(err) => {
+                    self.problem(&child_rel, format!("vanished or unreadable: {err}"));
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.dir(&child_abs, child_rel, &meta)?;
+            } else if ft.is_file() {
+                self.file(&child_abs, child_rel, &meta)?;
+            } else if ft.is_symlink() {
+                match fs::read_link(&child_abs) {
+                    Ok(target) => {
+                        let mut e = entry(escape(&child_rel), EntryKind::Symlink, &meta);
+                        e.target = Some(escape(target.as_os_str().as_bytes()));
+                        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
+                    }
+                    Err(err) => self.problem(&child_rel, format!("cannot read symlink: {err}")),
+                }
+            } else {
+                let what = if ft.is_fifo() {
+                    "fifo"
+                } else if ft.is_socket() {
+                    "socket"
+                } else {
+                    "device"
+                };
+                tracing::warn!(path = %escape(&child_rel), kind = what, "special file skipped");
+                self.scan.skipped_special += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<()> {
+        let path = escape(&rel);
+        if meta.nlink() > 1 {
+            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                let mut e = entry(path, EntryKind::Hardlink, meta);
+                e.target = Some(first.clone());
+                self.push(e, Vec::new(), (ctime_ns(meta), meta.ino()));
+                return Ok(());
+            }
+            self.links.insert((meta.dev(), meta.ino()), path.clone());
+        }
+        // Unchanged since the previous backup: reuse its chunks, read nothing.
+        if let Some(stamp) = self.parent.get(&path)
+            && stamp.size == meta.size()
+            && stamp.mtime_ns == meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+            && stamp.ctime_ns == ctime_ns(meta)
+            && stamp.ino == meta.ino()
+        {
+            let mut e = entry(path, EntryKind::File, meta);
+            e.size = meta.size();
+            e.xattrs = xattrs(abs);
+            let refs = stamp
+                .extents
+                .iter()
+                .map(|x| {
+                    (
+                        x.offset,
+                        x.length,
+                        x.chunks.iter().map(|c| Ref::Known(*c)).collect(),
+                    )
+                })
+                .collect();
+            self.scan.files_unchanged += 1;
+            self.scan.bytes_unchanged += meta.size();
+            self.push(e, refs, (ctime_ns(meta), meta.ino()));
+            return Ok(());
+        }
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+            .open(abs)
+            .or_else(|_| {
+                // O_NOATIME needs ownership of the file; retry without it.
+                fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(abs)
+            }) {
+            Ok(f) => f,
+            Err(err) => {
+                self.problem(&rel, format!("vanished or unreadable: {err}"));
+                return Ok(());
+            }
+        };
+        // The metadata of what we opened, not of what was there a moment ago.
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(err) => {
+                self.problem(&rel, err);
+                return Ok(());
+            }
+        };
+        match self.read_data(&file, meta.size(), Chunking::Cdc { seed: self.seed }) {
+            Ok(refs) => {
+                let mut e = entry(path, EntryKind::File, &meta);
+                e.size = meta.size();
+                e.xattrs = xattrs(abs);
+                self.scan.files_read += 1;
+                self.push(e, refs, (ctime_ns(&meta), meta.ino()));
+            }
+            Err(ReadError::Pipeline(e)) => return Err(e),
+            Err(ReadError::Io(err)) => self.problem(&rel, format!("read failed: {err}")),
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, path: &Path) -> Result<()> {
+        let mut file = File::open(path).map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::NotFound,
+                format!("cannot open block image {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| crate::Error::new(crate::ErrorKind::Failed, "stat").with_source(e))?;
+        // A block device reports size 0; its size is where its end is.
+        let size = if meta.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0)).unwrap_or(0)
+        } else {
+            meta.size()
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        match self.read_data(&file, size, Chunking::Fixed(BLOCK_CHUNK)) {
+            Ok(refs) => {
+                let mut e = entry(escape(&name), EntryKind::Block, &meta);
+                e.size = size;
+                self.scan.files_read += 1;
+                self.push(e, refs, (ctime_ns(&meta), meta.ino()));
+                Ok(())
+            }
+            Err(ReadError::Pipeline(e)) => Err(e),
+            Err(ReadError::Io(err)) => Err(crate::Error::new(
+                crate::ErrorKind::Failed,
+                format!("reading block image {} failed", path.display()),
+            )
+            .with_source(err)),
+        }
+    }
+
+    fn read_data(
+        &mut self,
+        file: &File,
+        size: u64,
+        chunking: Chunking,
+    ) -> std::result::Result<Vec<(u64, u64, Vec<Ref>)>, ReadError> {
+        let extents = crate::sys::data_extents(file, size).map_err(ReadError::Io)?;
+        let mut out = Vec::with_capacity(extents.len());
+        for (offset, length) in extents {
+            let mut f = file;
+            f.seek(SeekFrom::Start(offset)).map_err(ReadError::Io)?;
+            let mut refs = Vec::new();
+            let got = chunk_stream(f.take(length), chunking, |data| {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                (self.progress)(data.len() as u64);
+                refs.push(Ref::Tag(tag));
+                self.sink
+                    .send(Job { tag, data })
+                    .map_err(ReadError::Pipeline)
+            })?;
+            // A file that shrank while we read it is recorded as what we read.
+            if got > 0 {
+                out.push((offset, got, refs));
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Pipeline(crate::Error),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}

@@ -1,0 +1,65 @@
+//! Object storage: where repositories live.
+//!
+//! The trait is small on purpose and shaped by S3 with Object Lock, the
+//! backend that matters: objects are written once (never overwritten), each
+//! with a checksum and a retain-until date, and are read whole or by range.
+//! The local-directory backend implements the same contract so that tests and
+//! air-gapped copies behave like the bucket.
+//!
+//! Calls are blocking: the data path runs on pipeline threads that are busy
+//! with CPU work (hashing, compression, encryption), and a blocking store keeps
+//! that code straightforward. An async backend drives its own runtime.
+
+pub mod local;
+
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+
+/// What a put carries besides the bytes.
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    /// SHA-256 of the bytes; the backend refuses bytes that do not match.
+    pub sha256: [u8; 32],
+    /// Object Lock retain-until date; `None` only for backends without locks.
+    pub retain_until: Option<DateTime<Utc>>,
+}
+
+/// What a store knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// The version written (S3 version id); `None` on unversioned stores.
+    pub version_id: Option<String>,
+    pub retain_until: Option<DateTime<Utc>>,
+}
+
+/// A place to keep objects. Keys are `/`-separated relative paths.
+pub trait Store: Send + Sync {
+    /// Writes `data` under `key` unless the key exists: put-once. Returns
+    /// [`crate::ErrorKind::Integrity`] when `data` does not match
+    /// `opts.sha256`, and an error whose kind is `Config` when the key exists.
+    fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta>;
+    /// Reads a whole object. `NotFound` when absent.
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Reads `range` of an object.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
+    /// Metadata of an object, `None` when absent.
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Deletes an object (garbage collection only; a locked object refuses).
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Where this store is, for people and for the catalog
+    /// (`file:///var/lib/drctl/repo`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}

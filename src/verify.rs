@@ -1,0 +1,168 @@
+//! `drctl verify`: is what the repository holds what the backups need?
+//!
+//! Structural check (cheap, always): every manifest decrypts and
+//! authenticates, and every pack it references exists. With `--read-data`
+//! (all packs, or a random share of them): each pack is downloaded, its
+//! SHA-256 checked against its key, and every chunk in it decrypted,
+//! decompressed and checked against its id. A damaged pack is reported with
+//! the backups and files that need it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::repo::Repository;
+use crate::repo::manifest::Manifest;
+use crate::repo::pack::{open_chunk, read_index, verify_pack};
+use crate::restore::volume::display_path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub backups: u64,
+    pub packs: u64,
+    pub packs_read: u64,
+    pub bytes_read: u64,
+    pub chunks_checked: u64,
+    pub damaged_manifests: Vec<DamagedManifest>,
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DamagedManifest {
+    pub backup: Uuid,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DamagedPack {
+    pub pack: String,
+    pub error: String,
+    /// Affected backups, and in each the files that need this pack.
+    pub affected: BTreeMap<Uuid, Vec<String>>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.damaged_manifests.is_empty() && self.damaged_packs.is_empty()
+    }
+}
+
+/// All backup ids with a manifest in the repository.
+pub fn manifest_ids(repo: &Repository) -> Result<Vec<Uuid>> {
+    Ok(repo
+        .store
+        .list("manifests/")?
+        .iter()
+        .filter_map(|m| m.key.strip_prefix("manifests/")?.parse().ok())
+        .collect())
+}
+
+/// Verifies `backups` (all when empty). `read_share`: `None` structural
+/// only, `Some(1.0)` every pack, `Some(0.1)` a random tenth.
+pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> Result<Report> {
+    let identity = repo.identity()?;
+    let ids = if backups.is_empty() {
+        manifest_ids(repo)?
+    } else {
+        backups.to_vec()
+    };
+    let mut report = Report::default();
+    // pack → backup → files
+    let mut users: BTreeMap<String, BTreeMap<Uuid, BTreeSet<String>>> = BTreeMap::new();
+    for id in ids {
+        report.backups += 1;
+        let manifest = repo
+            .store
+            .get(&crate::repo::manifest::manifest_key(id))
+            .and_then(|b| Manifest::open(id, &b, &repo.secret, identity));
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                report.damaged_manifests.push(DamagedManifest {
+                    backup: id,
+                    error: e.report().trim_end().to_string(),
+                });
+                continue;
+            }
+        };
+        for e in &manifest.entries {
+            for x in &e.extents {
+                for &c in &x.chunks {
+                    if let Some(loc) = manifest.chunks.get(c as usize) {
+                        users
+                            .entry(loc.pack.clone())
+                            .or_default()
+                            .entry(id)
+                            .or_default()
+                            .insert(display_path(e));
+                    }
+                }
+            }
+        }
+    }
+    report.packs = users.len() as u64;
+    let chosen = choose(users.keys().cloned().collect(), read_share);
+    for (pack, who) in &users {
+        let damage = if chosen.contains(pack) {
+            report.packs_read += 1;
+            read_pack(repo, identity, pack, &mut report)
+        } else {
+            match repo.store.head(pack) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("pack {pack} is missing")),
+                Err(e) => Err(e.report().trim_end().to_string()),
+            }
+        };
+        if let Err(error) = damage {
+            report.damaged_packs.push(DamagedPack {
+                pack: pack.clone(),
+                error,
+                affected: who
+                    .iter()
+                    .map(|(b, files)| (*b, files.iter().cloned().collect()))
+                    .collect(),
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn read_pack(
+    repo: &Repository,
+    identity: &crate::repo::Identity,
+    pack: &str,
+    report: &mut Report,
+) -> std::result::Result<(), String> {
+    let msg = |e: crate::Error| e.report().trim_end().to_string();
+    let bytes = repo.store.get(pack).map_err(msg)?;
+    report.bytes_read += bytes.len() as u64;
+    verify_pack(pack, &bytes).map_err(msg)?;
+    for entry in read_index(pack, &bytes, identity).map_err(msg)? {
+        let blob = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+        open_chunk(blob, &entry, identity, &repo.secret, pack).map_err(msg)?;
+        report.chunks_checked += 1;
+    }
+    Ok(())
+}
+
+/// The packs to read: all, or a random share (at least one).
+fn choose(mut packs: Vec<String>, share: Option<f64>) -> BTreeSet<String> {
+    let Some(share) = share else {
+        return BTreeSet::new();
+    };
+    if share >= 1.0 {
+        return packs.into_iter().collect();
+    }
+    let n = ((packs.len() as f64 * share).ceil() as usize).clamp(1.min(packs.len()), packs.len());
+    // Fisher-Yates with OS randomness: a different sample each run covers
+    // the whole repository over time.
+    for i in (1..packs.len()).rev() {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        let j = (u64::from_le_bytes(b) % (i as u64 + 1)) as usize;
+        packs.swap(i, j);
+    }
+    packs.into_iter().take(n).collect()
+}
