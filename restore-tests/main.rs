@@ -7,3 +7,5 @@ mod harness;
 mod catalog;
 mod cli;
 mod services;
+mod tree;
+mod volume;

@@ -162,3 +162,90 @@ pub fn assert_no_secret(haystack: &str, secrets: &[&str]) {
         );
     }
 }
+
+/// A repository on a local directory with its own catalog database: the
+/// writer's config (recipients + repository secret, no identity) and the
+/// identity a restore passes with `--identity`.
+pub struct VolumeEnv {
+    pub ws: Workspace,
+    pub db: TestDb,
+    pub config: PathBuf,
+    pub identity: PathBuf,
+}
+
+impl VolumeEnv {
+    pub async fn new() -> Self {
+        let db = database().await;
+        let ws = Workspace::new();
+        let identity = ws.path("identity.txt");
+        let config = ws.write(
+            "drctl.yaml",
+            &format!(
+                "repository:\n  local:\n    path: {repo}\n\
+                 catalog:\n  url: {url}\n\
+                 encryption:\n  recipients: [{r}]\n  repository_secret_file: {secret}\n",
+                repo = ws.path("repo").display(),
+                url = db.url,
+                r = ws.recipient,
+                secret = ws.path("repo-secret.json").display(),
+            ),
+        );
+        let env = VolumeEnv {
+            ws,
+            db,
+            config,
+            identity,
+        };
+        env.ok(&["catalog", "migrate"]);
+        env.ok(&["repo", "init"]);
+        env
+    }
+
+    /// `drctl --config CONFIG args…`
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = drctl();
+        c.arg("--config").arg(&self.config).args(args);
+        c
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (out, stdout, stderr) = run(&mut self.cmd(args));
+        assert!(
+            out.status.success(),
+            "drctl {args:?} failed:\n{stdout}\n{stderr}"
+        );
+        stdout
+    }
+
+    /// Runs with `-o json` and asserts success.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    /// Backs up `dir` as volume `name`; returns the summary.
+    pub fn backup(&self, dir: &std::path::Path, name: &str) -> serde_json::Value {
+        self.json(&[
+            "backup",
+            "volume",
+            "--path",
+            dir.to_str().unwrap(),
+            "--name",
+            name,
+        ])
+    }
+
+    /// `drctl --identity ID restore volume BACKUP --to DIR`
+    pub fn restore(&self, backup: &str, to: &std::path::Path) -> (Output, String, String) {
+        run(self
+            .cmd(&["restore", "volume", backup, "--to", to.to_str().unwrap()])
+            .arg("--identity")
+            .arg(&self.identity))
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.ws.path("repo")
+    }
+}

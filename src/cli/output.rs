@@ -13,15 +13,23 @@ pub enum Format {
 
 pub(crate) struct Out {
     format: Format,
+    /// Whether a result was printed: stdout then holds one JSON document,
+    /// and a final error (a partial backup, a damaged repository) goes to
+    /// stderr so scripts still parse stdout and read the exit code.
+    emitted: std::cell::Cell<bool>,
 }
 
 impl Out {
     pub(crate) fn new(format: Format) -> Self {
-        Out { format }
+        Out {
+            format,
+            emitted: std::cell::Cell::new(false),
+        }
     }
 
     /// Prints `value` as JSON, or the text `text` builds.
     pub(crate) fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        self.emitted.set(true);
         match self.format {
             Format::Json => println!(
                 "{}",
@@ -33,11 +41,11 @@ impl Out {
 
     pub(crate) fn error(&self, err: &Error) {
         match self.format {
-            Format::Json => println!(
+            Format::Json if !self.emitted.get() => println!(
                 "{}",
                 serde_json::to_string_pretty(&err.to_json()).expect("errors serialise")
             ),
-            Format::Text => eprint!("{}", err.report()),
+            _ => eprint!("{}", err.report()),
         }
     }
 }
