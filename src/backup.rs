@@ -114,7 +114,7 @@ async fn run_volume(
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2, source2) = (repo.clone(), catalog.clone(), source.clone());
     let repo_id = repo.config.id;
-    let (scan, written, stats) = tokio::task::spawn_blocking(move || {
+    let (mut scan, written, stats) = tokio::task::spawn_blocking(move || {
         let on_pack = |pack: &crate::repo::pack::SealedPack| {
             handle.block_on(catalog2.record_pack(
                 repo_id,
@@ -165,7 +165,7 @@ async fn run_volume(
         })
         .collect::<Result<_>>()?;
 
-    let mut entries = scan.entries;
+    let mut entries = std::mem::take(&mut scan.entries);
     let mut items = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter_mut().enumerate() {
         let refs = &scan.refs[i];
@@ -236,20 +236,7 @@ async fn run_volume(
             })??;
     }
 
-    let summary = summarize(
-        id,
-        status,
-        parent,
-        &scan_counts(
-            &manifest,
-            &scan.problems,
-            scan.files_read,
-            scan.files_unchanged,
-            scan.bytes_unchanged,
-            scan.skipped_special,
-        ),
-        &stats,
-    );
+    let summary = summarize(id, status, parent, &manifest, &scan, &stats);
     let error = (!scan.problems.is_empty()).then(|| {
         format!(
             "{} path(s) could not be backed up, first: {}: {}",
@@ -271,57 +258,35 @@ async fn run_volume(
     Ok(summary)
 }
 
-struct Counts {
-    files: u64,
-    files_read: u64,
-    files_unchanged: u64,
-    bytes_total: u64,
-    bytes_unchanged: u64,
-    skipped_special: u64,
-    problems: Vec<crate::repo::manifest::Problem>,
-}
-
-fn scan_counts(
+fn summarize(
+    id: Uuid,
+    status: &str,
+    parent: Option<Uuid>,
     m: &Manifest,
-    problems: &[crate::repo::manifest::Problem],
-    files_read: u64,
-    files_unchanged: u64,
-    bytes_unchanged: u64,
-    skipped_special: u64,
-) -> Counts {
+    scan: &volume::Scan,
+    s: &WriteStats,
+) -> Summary {
     use crate::repo::manifest::EntryKind;
-    Counts {
+    let logical = s.bytes + scan.bytes_unchanged;
+    Summary {
+        backup_id: id,
+        status: status.into(),
+        parent,
         files: m
             .entries
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
             .count() as u64,
-        files_read,
-        files_unchanged,
-        bytes_total: m.entries.iter().map(|e| e.size).sum(),
-        bytes_unchanged,
-        skipped_special,
-        problems: problems.to_vec(),
-    }
-}
-
-fn summarize(id: Uuid, status: &str, parent: Option<Uuid>, c: &Counts, s: &WriteStats) -> Summary {
-    let logical = s.bytes + c.bytes_unchanged;
-    Summary {
-        backup_id: id,
-        status: status.into(),
-        parent,
-        files: c.files,
-        files_read: c.files_read,
-        files_unchanged: c.files_unchanged,
+        files_read: scan.files_read,
+        files_unchanged: scan.files_unchanged,
         bytes_read: s.bytes,
-        bytes_total: c.bytes_total,
+        bytes_total: m.entries.iter().map(|e| e.size).sum(),
         new_bytes: s.new_bytes,
         stored_bytes: s.stored_bytes,
         dedup_ratio: (s.stored_bytes > 0).then(|| logical as f64 / s.stored_bytes as f64),
         packs: s.packs,
-        problems: c.problems.clone(),
-        skipped_special: c.skipped_special,
+        problems: scan.problems.clone(),
+        skipped_special: scan.skipped_special,
         seconds: 0.0,
     }
 }

@@ -30,19 +30,25 @@ pub struct IndexEntry {
     pub raw_length: u32,
 }
 
-/// Compresses (when it helps) and encrypts one chunk into a blob.
-pub fn seal_chunk(data: &[u8], zstd_level: i32, recipients: &Recipients) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(data.len() + 1);
-    let compressed = zstd::bulk::compress(data, zstd_level).ok();
-    match compressed {
+/// Compresses (when it helps) and encrypts one chunk into a blob. The
+/// compressor is the caller's, reused across chunks: a fresh zstd context per
+/// chunk costs more than compressing a small file.
+pub fn seal_chunk(
+    data: &[u8],
+    zstd: &mut zstd::bulk::Compressor<'_>,
+    recipients: &Recipients,
+) -> Vec<u8> {
+    let mut plain = vec![0u8; 1 + zstd::zstd_safe::compress_bound(data.len())];
+    match zstd.compress_to_buffer(data, &mut plain[1..]) {
         // Keep compression only when it saves at least 1/32: below that the
         // decompression cost on restore buys nothing.
-        Some(c) if c.len() + c.len() / 32 < data.len() => {
-            plain.push(FLAG_ZSTD);
-            plain.extend_from_slice(&c);
+        Ok(n) if n + n / 32 < data.len() => {
+            plain[0] = FLAG_ZSTD;
+            plain.truncate(1 + n);
         }
         _ => {
-            plain.push(FLAG_RAW);
+            plain.truncate(1);
+            plain[0] = FLAG_RAW;
             plain.extend_from_slice(data);
         }
     }
@@ -56,19 +62,23 @@ pub fn open_chunk(
     identity: &Identity,
     secret: &RepoSecret,
     pack: &str,
+    zstd: &mut zstd::bulk::Decompressor<'_>,
 ) -> Result<Vec<u8>> {
     let what = || format!("chunk {} in pack {pack}", entry.id.to_hex());
     let plain = identity.decrypt(&what(), blob)?;
     let data = match plain.split_first() {
         Some((&FLAG_RAW, rest)) => rest.to_vec(),
-        Some((&FLAG_ZSTD, rest)) => zstd::bulk::decompress(rest, entry.raw_length as usize)
-            .map_err(|e| {
+        Some((&FLAG_ZSTD, rest)) => {
+            let mut out = Vec::with_capacity(entry.raw_length as usize);
+            zstd.decompress_to_buffer(rest, &mut out).map_err(|e| {
                 Error::new(
                     ErrorKind::Integrity,
                     format!("{} does not decompress", what()),
                 )
                 .with_source(e)
-            })?,
+            })?;
+            out
+        }
         _ => {
             return Err(Error::new(
                 ErrorKind::Integrity,
@@ -83,6 +93,11 @@ pub fn open_chunk(
         ));
     }
     Ok(data)
+}
+
+/// A zstd decompressor for [`open_chunk`].
+pub fn decompressor() -> zstd::bulk::Decompressor<'static> {
+    zstd::bulk::Decompressor::new().expect("zstd context")
 }
 
 /// Collects blobs into a pack.
@@ -101,6 +116,9 @@ pub struct SealedPack {
 }
 
 impl PackBuilder {
+    /// `bytes` should cover a full pack plus one maximal chunk and the
+    /// index, so the buffer is never reallocated (a doubling would briefly
+    /// hold two packs).
     pub fn with_capacity(bytes: usize) -> Self {
         PackBuilder {
             buf: Vec::with_capacity(bytes),

@@ -114,6 +114,16 @@ pub fn write<R: Send>(
             let blob_tx = blob_tx.clone();
             let (job_rx, known, written, stats, fail) = (&job_rx, &known, &written, &stats, &fail);
             s.spawn(move || {
+                let mut zstd = match zstd::bulk::Compressor::new(zstd_level) {
+                    Ok(z) => z,
+                    Err(e) => {
+                        fail(
+                            Error::new(ErrorKind::Config, format!("zstd level {zstd_level}"))
+                                .with_source(e),
+                        );
+                        return;
+                    }
+                };
                 loop {
                     let job = match job_rx.lock().unwrap().recv() {
                         Ok(j) => j,
@@ -137,7 +147,7 @@ pub fn write<R: Send>(
                         }
                     }
                     if new {
-                        let blob = seal_chunk(&job.data, zstd_level, recipients);
+                        let blob = seal_chunk(&job.data, &mut zstd, recipients);
                         drop(job);
                         if blob_tx.send((id, blob, len)).is_err() {
                             fail(stopped_error());
@@ -185,14 +195,13 @@ fn pack_stage(
     pack_size: usize,
     recipients: &super::Recipients,
 ) {
-    let mut builder = PackBuilder::with_capacity(pack_size + (4 << 20));
+    // A full pack, one maximal chunk past it, and room for the index.
+    let capacity = pack_size + (super::chunker::CDC_MAX as usize) + (1 << 20);
+    let mut builder = PackBuilder::with_capacity(capacity);
     for (id, blob, raw) in blobs {
         builder.add(id, &blob, raw);
         if builder.len() >= pack_size {
-            let full = std::mem::replace(
-                &mut builder,
-                PackBuilder::with_capacity(pack_size + (4 << 20)),
-            );
+            let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(capacity));
             if packs.send(full.finish(recipients)).is_err() {
                 return;
             }

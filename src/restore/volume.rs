@@ -313,6 +313,7 @@ fn restore_pack(
     let mut uses = uses.to_vec();
     uses.sort_unstable();
     let mut current: Option<(u32, Vec<u8>)> = None;
+    let mut zstd = crate::repo::pack::decompressor();
     for (ci, ei, at) in uses {
         let loc = &manifest.chunks[ci as usize];
         if current.as_ref().is_none_or(|(c, _)| *c != ci) {
@@ -329,7 +330,10 @@ fn restore_pack(
                 length: loc.length,
                 raw_length: loc.raw_length,
             };
-            current = Some((ci, open_chunk(blob, &entry, identity, &repo.secret, pack)?));
+            current = Some((
+                ci,
+                open_chunk(blob, &entry, identity, &repo.secret, pack, &mut zstd)?,
+            ));
         }
         let data = &current.as_ref().expect("set above").1;
         let e = &manifest.entries[ei];

@@ -16,6 +16,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,25 +87,42 @@ pub struct Scan {
     pub skipped_special: u64,
 }
 
+/// Data is read in segments of at most this size, each cut into chunks on
+/// its own, so that two threads can read one large file. A segment boundary
+/// is a forced chunk boundary: at most one extra chunk per 64 MiB.
+const SEGMENT: u64 = 64 << 20;
+/// Threads reading (and cutting chunks) in parallel.
+const READERS: usize = 2;
+
+/// Part of a file to read: `length` bytes at `offset` of entry `entry`.
+struct Task {
+    entry: usize,
+    offset: u64,
+    length: u64,
+}
+
 /// Reads `source` into `sink`. `parent` maps escaped paths to their stamps in
 /// the previous backup. `progress` is told how many bytes were read.
+///
+/// First the tree is walked (metadata, unchanged files resolved from
+/// `parent`, data extents of the rest), then the data is read by
+/// [`READERS`] threads, segment by segment, in parallel.
 pub fn read(
     source: &Source,
     parent: &HashMap<String, Stamp>,
     seed: u64,
     sink: &Sink,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Scan> {
-    let mut reader = Reader {
+    let mut walker = Walker {
         parent,
         sink,
-        progress,
-        seed,
-        next_tag: 0,
         links: HashMap::new(),
         scan: Scan::default(),
+        tasks: Vec::new(),
+        paths: HashMap::new(),
     };
-    match source {
+    let chunking = match source {
         Source::Dir(root) => {
             let meta = fs::symlink_metadata(root).map_err(|e| {
                 crate::Error::new(
@@ -119,22 +137,179 @@ pub fn read(
                         .with_guidance("use --block FILE for a block image or device"),
                 );
             }
-            reader.dir(root, Vec::new(), &meta)?;
+            walker.dir(root, Vec::new(), &meta)?;
+            Chunking::Cdc { seed }
         }
-        Source::Block(path) => reader.block(path)?,
+        Source::Block(path) => {
+            walker.block(path)?;
+            Chunking::Fixed(BLOCK_CHUNK)
+        }
+    };
+    let Walker {
+        mut scan,
+        tasks,
+        paths,
+        ..
+    } = walker;
+
+    // Read every task; a task's chunks are tagged (task << 16 | seq).
+    let queue = Mutex::new(tasks.iter().enumerate());
+    type Outcome = Option<std::result::Result<Vec<Ref>, String>>;
+    let results: Mutex<Vec<Outcome>> = Mutex::new((0..tasks.len()).map(|_| None).collect());
+    let pipeline_error: Mutex<Option<crate::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..READERS {
+            s.spawn(|| {
+                let mut open: Option<(usize, File)> = None;
+                loop {
+                    let next = queue.lock().unwrap().next();
+                    let Some((i, task)) = next else { return };
+                    if sink.is_stopped() {
+                        return;
+                    }
+                    let result =
+                        match read_task(i, task, &paths, &mut open, chunking, sink, progress) {
+                            Ok(refs) => Ok(refs),
+                            Err(ReadError::Io(e)) => Err(e.to_string()),
+                            Err(ReadError::Short) => {
+                                Err("changed size while being read".to_string())
+                            }
+                            Err(ReadError::Pipeline(e)) => {
+                                pipeline_error.lock().unwrap().get_or_insert(e);
+                                return;
+                            }
+                        };
+                    results.lock().unwrap()[i] = Some(result);
+                }
+            });
+        }
+    });
+    if let Some(e) = pipeline_error.into_inner().unwrap() {
+        return Err(e);
     }
-    Ok(reader.scan)
+    let mut results = results.into_inner().unwrap();
+
+    // Assemble extents from their segments; drop files that failed.
+    let mut failed: HashMap<usize, String> = HashMap::new();
+    let mut by_entry: HashMap<usize, Vec<(u64, u64, Vec<Ref>)>> = HashMap::new();
+    for (i, task) in tasks.iter().enumerate() {
+        match results[i].take() {
+            Some(Ok(refs)) => {
+                let extents = by_entry.entry(task.entry).or_default();
+                match extents.last_mut() {
+                    Some(last) if last.0 + last.1 == task.offset => {
+                        last.1 += task.length;
+                        last.2.extend(refs);
+                    }
+                    _ => extents.push((task.offset, task.length, refs)),
+                }
+            }
+            Some(Err(e)) => {
+                failed.entry(task.entry).or_insert(e);
+            }
+            None => {
+                failed
+                    .entry(task.entry)
+                    .or_insert_with(|| "not read".into());
+            }
+        }
+    }
+    for (entry, refs) in by_entry {
+        if !failed.contains_key(&entry) {
+            scan.refs[entry] = refs;
+            scan.files_read += 1;
+        }
+    }
+    if !failed.is_empty() {
+        drop_failed(&mut scan, failed);
+    }
+    Ok(scan)
 }
 
-struct Reader<'a> {
+/// Removes entries whose data could not be read (and the other names of
+/// those files), reporting each as a problem.
+fn drop_failed(scan: &mut Scan, failed: HashMap<usize, String>) {
+    let mut keep = vec![true; scan.entries.len()];
+    let mut dropped: Vec<String> = Vec::new();
+    let mut failed: Vec<_> = failed.into_iter().collect();
+    failed.sort();
+    for (entry, error) in failed {
+        keep[entry] = false;
+        let path = scan.entries[entry].path.clone();
+        tracing::warn!(%path, %error, "not backed up");
+        scan.problems.push(Problem {
+            path: path.clone(),
+            error: format!("vanished or unreadable: {error}"),
+        });
+        dropped.push(path);
+    }
+    for (i, e) in scan.entries.iter().enumerate() {
+        if e.kind == EntryKind::Hardlink && e.target.as_ref().is_some_and(|t| dropped.contains(t)) {
+            keep[i] = false;
+        }
+    }
+    let mut k = keep.iter();
+    scan.entries.retain(|_| *k.next().unwrap());
+    let mut k = keep.iter();
+    scan.refs.retain(|_| *k.next().unwrap());
+    let mut k = keep.iter();
+    scan.stamps.retain(|_| *k.next().unwrap());
+}
+
+fn read_task(
+    i: usize,
+    task: &Task,
+    paths: &HashMap<usize, PathBuf>,
+    open: &mut Option<(usize, File)>,
+    chunking: Chunking,
+    sink: &Sink,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::result::Result<Vec<Ref>, ReadError> {
+    if open.as_ref().is_none_or(|(e, _)| *e != task.entry) {
+        *open = None;
+        *open = Some((task.entry, open_nofollow(&paths[&task.entry])?));
+    }
+    let mut f = &open.as_ref().expect("opened above").1;
+    f.seek(SeekFrom::Start(task.offset))?;
+    let mut refs = Vec::new();
+    let mut seq = 0u64;
+    let got = chunk_stream(f.take(task.length), chunking, |data| {
+        let tag = ((i as u64) << 16) | seq;
+        seq += 1;
+        progress(data.len() as u64);
+        refs.push(Ref::Tag(tag));
+        sink.send(Job { tag, data }).map_err(ReadError::Pipeline)
+    })?;
+    if got != task.length {
+        return Err(ReadError::Short);
+    }
+    Ok(refs)
+}
+
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| {
+            // O_NOATIME needs ownership of the file; retry without it.
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })
+}
+
+struct Walker<'a> {
     parent: &'a HashMap<String, Stamp>,
     sink: &'a Sink,
-    progress: &'a dyn Fn(u64),
-    seed: u64,
-    next_tag: u64,
     /// (dev, ino) → escaped path of the first name of a hard-linked file.
     links: HashMap<(u64, u64), String>,
     scan: Scan,
+    /// Data to read, in entry order.
+    tasks: Vec<Task>,
+    /// Absolute path of each entry that has tasks.
+    paths: HashMap<usize, PathBuf>,
 }
 
 fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
@@ -170,7 +345,7 @@ fn xattrs(path: &Path) -> Vec<(String, String)> {
     out
 }
 
-impl Reader<'_> {
+impl Walker<'_> {
     fn problem(&mut self, rel: &[u8], err: impl std::fmt::Display) {
         let path = escape(rel);
         tracing::warn!(%path, error = %err, "not backed up");
@@ -281,17 +456,7 @@ impl Reader<'_> {
             self.push(e, refs, (ctime_ns(meta), meta.ino()));
             return Ok(());
         }
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-            .open(abs)
-            .or_else(|_| {
-                // O_NOATIME needs ownership of the file; retry without it.
-                fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(abs)
-            }) {
+        let file = match open_nofollow(abs) {
             Ok(f) => f,
             Err(err) => {
                 self.problem(&rel, format!("vanished or unreadable: {err}"));
@@ -299,25 +464,43 @@ impl Reader<'_> {
             }
         };
         // The metadata of what we opened, not of what was there a moment ago.
-        let meta = match file.metadata() {
-            Ok(m) => m,
+        let (meta, extents) = match file
+            .metadata()
+            .and_then(|m| crate::sys::data_extents(&file, m.size()).map(|x| (m, x)))
+        {
+            Ok(v) => v,
             Err(err) => {
                 self.problem(&rel, err);
                 return Ok(());
             }
         };
-        match self.read_data(&file, meta.size(), Chunking::Cdc { seed: self.seed }) {
-            Ok(refs) => {
-                let mut e = entry(path, EntryKind::File, &meta);
-                e.size = meta.size();
-                e.xattrs = xattrs(abs);
-                self.scan.files_read += 1;
-                self.push(e, refs, (ctime_ns(&meta), meta.ino()));
-            }
-            Err(ReadError::Pipeline(e)) => return Err(e),
-            Err(ReadError::Io(err)) => self.problem(&rel, format!("read failed: {err}")),
-        }
+        let mut e = entry(path, EntryKind::File, &meta);
+        e.size = meta.size();
+        e.xattrs = xattrs(abs);
+        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
+        self.add_tasks(abs, &extents);
         Ok(())
+    }
+
+    /// Queues the data of the entry just pushed, in segments.
+    fn add_tasks(&mut self, abs: &Path, extents: &[(u64, u64)]) {
+        let entry = self.scan.entries.len() - 1;
+        if extents.is_empty() {
+            return;
+        }
+        self.paths.insert(entry, abs.to_path_buf());
+        for &(offset, length) in extents {
+            let mut at = offset;
+            while at < offset + length {
+                let n = SEGMENT.min(offset + length - at);
+                self.tasks.push(Task {
+                    entry,
+                    offset: at,
+                    length: n,
+                });
+                at += n;
+            }
+        }
     }
 
     fn block(&mut self, path: &Path) -> Result<()> {
@@ -341,55 +524,29 @@ impl Reader<'_> {
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
-        match self.read_data(&file, size, Chunking::Fixed(BLOCK_CHUNK)) {
-            Ok(refs) => {
-                let mut e = entry(escape(&name), EntryKind::Block, &meta);
-                e.size = size;
-                self.scan.files_read += 1;
-                self.push(e, refs, (ctime_ns(&meta), meta.ino()));
-                Ok(())
-            }
-            Err(ReadError::Pipeline(e)) => Err(e),
-            Err(ReadError::Io(err)) => Err(crate::Error::new(
-                crate::ErrorKind::Failed,
-                format!("reading block image {} failed", path.display()),
-            )
-            .with_source(err)),
-        }
-    }
-
-    fn read_data(
-        &mut self,
-        file: &File,
-        size: u64,
-        chunking: Chunking,
-    ) -> std::result::Result<Vec<(u64, u64, Vec<Ref>)>, ReadError> {
-        let extents = crate::sys::data_extents(file, size).map_err(ReadError::Io)?;
-        let mut out = Vec::with_capacity(extents.len());
-        for (offset, length) in extents {
-            let mut f = file;
-            f.seek(SeekFrom::Start(offset)).map_err(ReadError::Io)?;
-            let mut refs = Vec::new();
-            let got = chunk_stream(f.take(length), chunking, |data| {
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                (self.progress)(data.len() as u64);
-                refs.push(Ref::Tag(tag));
-                self.sink
-                    .send(Job { tag, data })
-                    .map_err(ReadError::Pipeline)
-            })?;
-            // A file that shrank while we read it is recorded as what we read.
-            if got > 0 {
-                out.push((offset, got, refs));
-            }
-        }
-        Ok(out)
+        let extents = if meta.file_type().is_block_device() {
+            vec![(0, size)]
+        } else {
+            crate::sys::data_extents(&file, size).map_err(|e| {
+                crate::Error::new(
+                    crate::ErrorKind::Failed,
+                    format!("cannot read block image {}", path.display()),
+                )
+                .with_source(e)
+            })?
+        };
+        let mut e = entry(escape(&name), EntryKind::Block, &meta);
+        e.size = size;
+        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
+        self.add_tasks(path, &extents);
+        Ok(())
     }
 }
 
 enum ReadError {
     Io(std::io::Error),
+    /// The file ended before the extent did: it shrank while being read.
+    Short,
     Pipeline(crate::Error),
 }
 
