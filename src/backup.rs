@@ -132,6 +132,13 @@ async fn run_volume(
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
 
+    tracing::info!(
+        backup = %id,
+        chunks = stats.chunks,
+        new_chunks = stats.new_chunks,
+        packs = stats.packs,
+        "data stored"
+    );
     // Name every chunk, then look up where each one is.
     let by_tag: HashMap<u64, ChunkId> = written.iter().map(|w| (w.tag, w.id)).collect();
     let resolve = |r: &Ref| match r {
@@ -236,6 +243,7 @@ async fn run_volume(
             })??;
     }
 
+    tracing::info!(backup = %id, key = %key, "manifest stored");
     let summary = summarize(id, status, parent, &manifest, &scan, &stats);
     let error = (!scan.problems.is_empty()).then(|| {
         format!(

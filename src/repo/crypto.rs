@@ -154,11 +154,20 @@ impl Recipients {
 
     /// Encrypts `plain` to every recipient.
     pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
+        self.encrypt_parts(&[plain])
+    }
+
+    /// Encrypts the concatenation of `parts` without building it first.
+    pub fn encrypt_parts(&self, parts: &[&[u8]]) -> Vec<u8> {
         let enc = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
             .expect("x25519 recipients always wrap");
-        let mut out = Vec::with_capacity(plain.len() + 256);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        // age adds a header (~200 bytes a recipient) and 16 bytes per 64 KiB.
+        let mut out = Vec::with_capacity(len + len / 4096 + 256 * self.0.len() + 64);
         let mut w = enc.wrap_output(&mut out).expect("writing to a Vec");
-        w.write_all(plain).expect("writing to a Vec");
+        for p in parts {
+            w.write_all(p).expect("writing to a Vec");
+        }
         w.finish().expect("writing to a Vec");
         out
     }

@@ -31,28 +31,27 @@ pub struct IndexEntry {
 }
 
 /// Compresses (when it helps) and encrypts one chunk into a blob. The
-/// compressor is the caller's, reused across chunks: a fresh zstd context per
-/// chunk costs more than compressing a small file.
+/// compressor and `scratch` are the caller's, reused across chunks: a fresh
+/// zstd context per chunk costs more than compressing a small file, and a
+/// fresh zeroed buffer per chunk was an eighth of a backup's CPU time.
 pub fn seal_chunk(
     data: &[u8],
     zstd: &mut zstd::bulk::Compressor<'_>,
+    scratch: &mut Vec<u8>,
     recipients: &Recipients,
 ) -> Vec<u8> {
-    let mut plain = vec![0u8; 1 + zstd::zstd_safe::compress_bound(data.len())];
-    match zstd.compress_to_buffer(data, &mut plain[1..]) {
+    scratch.clear();
+    scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    let compressed = zstd.compress_to_buffer(data, scratch).is_ok()
         // Keep compression only when it saves at least 1/32: below that the
         // decompression cost on restore buys nothing.
-        Ok(n) if n + n / 32 < data.len() => {
-            plain[0] = FLAG_ZSTD;
-            plain.truncate(1 + n);
-        }
-        _ => {
-            plain.truncate(1);
-            plain[0] = FLAG_RAW;
-            plain.extend_from_slice(data);
-        }
-    }
-    recipients.encrypt(&plain)
+        && scratch.len() + scratch.len() / 32 < data.len();
+    let (flag, payload) = if compressed {
+        (FLAG_ZSTD, &scratch[..])
+    } else {
+        (FLAG_RAW, data)
+    };
+    recipients.encrypt_parts(&[&[flag], payload])
 }
 
 /// Decrypts and decompresses a blob, and checks it is the chunk `id`.

@@ -124,6 +124,7 @@ pub fn write<R: Send>(
                         return;
                     }
                 };
+                let mut scratch = Vec::new();
                 loop {
                     let job = match job_rx.lock().unwrap().recv() {
                         Ok(j) => j,
@@ -147,7 +148,7 @@ pub fn write<R: Send>(
                         }
                     }
                     if new {
-                        let blob = seal_chunk(&job.data, &mut zstd, recipients);
+                        let blob = seal_chunk(&job.data, &mut zstd, &mut scratch, recipients);
                         drop(job);
                         if blob_tx.send((id, blob, len)).is_err() {
                             fail(stopped_error());

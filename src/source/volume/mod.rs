@@ -24,7 +24,7 @@ pub use escape::{escape, unescape};
 
 use crate::error::Result;
 use crate::repo::ChunkId;
-use crate::repo::chunker::{BLOCK_CHUNK, Chunking, chunk_stream};
+use crate::repo::chunker::{BLOCK_CHUNK, Chunking, Cutter};
 use crate::repo::manifest::{Entry, EntryKind, Problem};
 use crate::repo::writer::{Job, Sink};
 
@@ -161,6 +161,7 @@ pub fn read(
         for _ in 0..READERS {
             s.spawn(|| {
                 let mut open: Option<(usize, File)> = None;
+                let mut cutter = Cutter::new(chunking);
                 loop {
                     let next = queue.lock().unwrap().next();
                     let Some((i, task)) = next else { return };
@@ -168,7 +169,7 @@ pub fn read(
                         return;
                     }
                     let result =
-                        match read_task(i, task, &paths, &mut open, chunking, sink, progress) {
+                        match read_task(i, task, &paths, &mut open, &mut cutter, sink, progress) {
                             Ok(refs) => Ok(refs),
                             Err(ReadError::Io(e)) => Err(e.to_string()),
                             Err(ReadError::Short) => {
@@ -261,7 +262,7 @@ fn read_task(
     task: &Task,
     paths: &HashMap<usize, PathBuf>,
     open: &mut Option<(usize, File)>,
-    chunking: Chunking,
+    cutter: &mut Cutter,
     sink: &Sink,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::result::Result<Vec<Ref>, ReadError> {
@@ -273,7 +274,7 @@ fn read_task(
     f.seek(SeekFrom::Start(task.offset))?;
     let mut refs = Vec::new();
     let mut seq = 0u64;
-    let got = chunk_stream(f.take(task.length), chunking, |data| {
+    let got = cutter.cut(f.take(task.length), |data| {
         let tag = ((i as u64) << 16) | seq;
         seq += 1;
         progress(data.len() as u64);
