@@ -33,7 +33,7 @@ pub enum Chunking {
 /// fastcdc's own `StreamCDC` allocates (and zeroes) a 4 MiB buffer per stream
 /// and moves the rest of it down after every chunk; with thousands of small
 /// files that was a quarter of a backup's CPU time. This keeps one buffer of
-/// two maximal chunks per reader and cuts with the slice chunker, whose cut
+/// a maximal chunk and 1 MiB per reader and cuts with the slice chunker, whose cut
 /// points depend only on the bytes from the chunk start, so the chunks are
 /// exactly those of a streaming cut.
 pub struct Cutter {
@@ -44,7 +44,8 @@ pub struct Cutter {
 impl Cutter {
     pub fn new(chunking: Chunking) -> Self {
         let size = match chunking {
-            Chunking::Cdc { .. } => 2 * CDC_MAX as usize,
+            // Room for one maximal chunk and a read-ahead past it.
+            Chunking::Cdc { .. } => CDC_MAX as usize + (1 << 20),
             Chunking::Fixed(n) => n,
         };
         Cutter {

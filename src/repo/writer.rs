@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! producer (caller: reads, cuts chunks)
-//!   ─[2×workers chunks]→ workers ×N (id, dedup, compress, encrypt)
-//!   ─[8 blobs]→ packer (fills a 16 MiB pack)
-//!   ─[1 pack]→ uploader (put-once, then records the pack in the catalog)
+//!   ─[N chunks]→ workers ×N (id, dedup, compress, encrypt)
+//!   ─[4 blobs]→ packer (fills a 16 MiB pack)
+//!   ─[handover]→ uploader (put-once, then records the pack in the catalog)
 //! ```
-//! At most about (2N + 8) chunks of ≤ 4 MiB plus three packs are in memory.
+//! At most about 2N + 4 chunks of ≤ 4 MiB plus two packs are in memory.
 //! A chunk enters the dedup set before it is packed, so a chunk seen twice in
 //! one backup is stored once. A pack's chunks are recorded only after the
 //! pack is stored, so the catalog never points at data that is not there: a
@@ -89,9 +89,11 @@ pub fn write<R: Send>(
 ) -> Result<(R, Vec<Written>, WriteStats)> {
     let recipients = repo.recipients()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
-    let (blob_tx, blob_rx) = sync_channel::<(ChunkId, Vec<u8>, usize)>(8);
-    let (pack_tx, pack_rx) = sync_channel::<SealedPack>(1);
+    let (job_tx, job_rx) = sync_channel::<Job>(workers);
+    let (blob_tx, blob_rx) = sync_channel::<(ChunkId, Vec<u8>, usize)>(4);
+    // A rendezvous: the packer fills the next pack while one is uploaded, and
+    // no third pack waits in between (peak memory is two packs, not three).
+    let (pack_tx, pack_rx) = sync_channel::<SealedPack>(0);
     let job_rx = Mutex::new(job_rx);
     let known = Mutex::new(known);
     let written = Mutex::new(Vec::new());

@@ -16,7 +16,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +96,7 @@ const SEGMENT: u64 = 64 << 20;
 const READERS: usize = 2;
 
 /// Part of a file to read: `length` bytes at `offset` of entry `entry`.
+#[derive(Debug, Clone, Copy)]
 struct Task {
     entry: usize,
     offset: u64,
@@ -104,9 +106,9 @@ struct Task {
 /// Reads `source` into `sink`. `parent` maps escaped paths to their stamps in
 /// the previous backup. `progress` is told how many bytes were read.
 ///
-/// First the tree is walked (metadata, unchanged files resolved from
-/// `parent`, data extents of the rest), then the data is read by
-/// [`READERS`] threads, segment by segment, in parallel.
+/// The walk (metadata, unchanged files resolved from `parent`, data extents
+/// of the rest) runs on the calling thread and hands segments of data to
+/// [`READERS`] threads as it finds them, so reading starts at once.
 pub fn read(
     source: &Source,
     parent: &HashMap<String, Stamp>,
@@ -114,62 +116,29 @@ pub fn read(
     sink: &Sink,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Scan> {
-    let mut walker = Walker {
-        parent,
-        sink,
-        links: HashMap::new(),
-        scan: Scan::default(),
-        tasks: Vec::new(),
-        paths: HashMap::new(),
-    };
     let chunking = match source {
-        Source::Dir(root) => {
-            let meta = fs::symlink_metadata(root).map_err(|e| {
-                crate::Error::new(
-                    crate::ErrorKind::NotFound,
-                    format!("cannot read the volume directory {}", root.display()),
-                )
-                .with_source(e)
-            })?;
-            if !meta.is_dir() {
-                return Err(
-                    crate::Error::config(format!("{} is not a directory", root.display()))
-                        .with_guidance("use --block FILE for a block image or device"),
-                );
-            }
-            walker.dir(root, Vec::new(), &meta)?;
-            Chunking::Cdc { seed }
-        }
-        Source::Block(path) => {
-            walker.block(path)?;
-            Chunking::Fixed(BLOCK_CHUNK)
-        }
+        Source::Dir(_) => Chunking::Cdc { seed },
+        Source::Block(_) => Chunking::Fixed(BLOCK_CHUNK),
     };
-    let Walker {
-        mut scan,
-        tasks,
-        paths,
-        ..
-    } = walker;
-
-    // Read every task; a task's chunks are tagged (task << 16 | seq).
-    let queue = Mutex::new(tasks.iter().enumerate());
-    type Outcome = Option<std::result::Result<Vec<Ref>, String>>;
-    let results: Mutex<Vec<Outcome>> = Mutex::new((0..tasks.len()).map(|_| None).collect());
+    let (queue, tasks_rx) = sync_channel::<(usize, Task, Arc<PathBuf>)>(1024);
+    let tasks_rx = Mutex::new(tasks_rx);
+    type Outcome = std::result::Result<Vec<Ref>, String>;
+    let results: Mutex<HashMap<usize, Outcome>> = Mutex::new(HashMap::new());
     let pipeline_error: Mutex<Option<crate::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
+    let walked = std::thread::scope(|s| {
         for _ in 0..READERS {
             s.spawn(|| {
                 let mut open: Option<(usize, File)> = None;
                 let mut cutter = Cutter::new(chunking);
                 loop {
-                    let next = queue.lock().unwrap().next();
-                    let Some((i, task)) = next else { return };
-                    if sink.is_stopped() {
-                        return;
+                    let next = tasks_rx.lock().unwrap().recv();
+                    let Ok((i, task, path)) = next else { return };
+                    // After a failure, drain the queue so the walker never blocks.
+                    if sink.is_stopped() || pipeline_error.lock().unwrap().is_some() {
+                        continue;
                     }
                     let result =
-                        match read_task(i, task, &paths, &mut open, &mut cutter, sink, progress) {
+                        match read_task(i, &task, &path, &mut open, &mut cutter, sink, progress) {
                             Ok(refs) => Ok(refs),
                             Err(ReadError::Io(e)) => Err(e.to_string()),
                             Err(ReadError::Short) => {
@@ -177,24 +146,37 @@ pub fn read(
                             }
                             Err(ReadError::Pipeline(e)) => {
                                 pipeline_error.lock().unwrap().get_or_insert(e);
-                                return;
+                                continue;
                             }
                         };
-                    results.lock().unwrap()[i] = Some(result);
+                    results.lock().unwrap().insert(i, result);
                 }
             });
         }
+        let mut walker = Walker {
+            parent,
+            sink,
+            links: HashMap::new(),
+            scan: Scan::default(),
+            tasks: Vec::new(),
+            queue,
+        };
+        let walked = walker.walk(source);
+        // Dropping the walker closes the queue; the readers then finish.
+        let Walker { scan, tasks, .. } = walker;
+        walked.map(|()| (scan, tasks))
     });
     if let Some(e) = pipeline_error.into_inner().unwrap() {
         return Err(e);
     }
+    let (mut scan, tasks) = walked?;
     let mut results = results.into_inner().unwrap();
 
     // Assemble extents from their segments; drop files that failed.
     let mut failed: HashMap<usize, String> = HashMap::new();
     let mut by_entry: HashMap<usize, Vec<(u64, u64, Vec<Ref>)>> = HashMap::new();
     for (i, task) in tasks.iter().enumerate() {
-        match results[i].take() {
+        match results.remove(&i) {
             Some(Ok(refs)) => {
                 let extents = by_entry.entry(task.entry).or_default();
                 match extents.last_mut() {
@@ -260,7 +242,7 @@ fn drop_failed(scan: &mut Scan, failed: HashMap<usize, String>) {
 fn read_task(
     i: usize,
     task: &Task,
-    paths: &HashMap<usize, PathBuf>,
+    path: &Path,
     open: &mut Option<(usize, File)>,
     cutter: &mut Cutter,
     sink: &Sink,
@@ -268,7 +250,7 @@ fn read_task(
 ) -> std::result::Result<Vec<Ref>, ReadError> {
     if open.as_ref().is_none_or(|(e, _)| *e != task.entry) {
         *open = None;
-        *open = Some((task.entry, open_nofollow(&paths[&task.entry])?));
+        *open = Some((task.entry, open_nofollow(path)?));
     }
     let mut f = &open.as_ref().expect("opened above").1;
     f.seek(SeekFrom::Start(task.offset))?;
@@ -307,10 +289,10 @@ struct Walker<'a> {
     /// (dev, ino) → escaped path of the first name of a hard-linked file.
     links: HashMap<(u64, u64), String>,
     scan: Scan,
-    /// Data to read, in entry order.
+    /// Data to read, in entry order (kept to assemble the extents).
     tasks: Vec<Task>,
-    /// Absolute path of each entry that has tasks.
-    paths: HashMap<usize, PathBuf>,
+    /// Where the readers take tasks from.
+    queue: SyncSender<(usize, Task, Arc<PathBuf>)>,
 }
 
 fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
@@ -347,6 +329,29 @@ fn xattrs(path: &Path) -> Vec<(String, String)> {
 }
 
 impl Walker<'_> {
+    fn walk(&mut self, source: &Source) -> Result<()> {
+        match source {
+            Source::Dir(root) => {
+                let meta = fs::symlink_metadata(root).map_err(|e| {
+                    crate::Error::new(
+                        crate::ErrorKind::NotFound,
+                        format!("cannot read the volume directory {}", root.display()),
+                    )
+                    .with_source(e)
+                })?;
+                if !meta.is_dir() {
+                    return Err(crate::Error::config(format!(
+                        "{} is not a directory",
+                        root.display()
+                    ))
+                    .with_guidance("use --block FILE for a block image or device"));
+                }
+                self.dir(root, Vec::new(), &meta)
+            }
+            Source::Block(path) => self.block(path),
+        }
+    }
+
     fn problem(&mut self, rel: &[u8], err: impl std::fmt::Display) {
         let path = escape(rel);
         tracing::warn!(%path, error = %err, "not backed up");
@@ -489,16 +494,20 @@ impl Walker<'_> {
         if extents.is_empty() {
             return;
         }
-        self.paths.insert(entry, abs.to_path_buf());
+        let path = Arc::new(abs.to_path_buf());
         for &(offset, length) in extents {
             let mut at = offset;
             while at < offset + length {
                 let n = SEGMENT.min(offset + length - at);
-                self.tasks.push(Task {
+                let task = Task {
                     entry,
                     offset: at,
                     length: n,
-                });
+                };
+                // A closed queue means the readers stopped; the error that
+                // stopped them is reported by the pipeline.
+                let _ = self.queue.send((self.tasks.len(), task, path.clone()));
+                self.tasks.push(task);
                 at += n;
             }
         }
