@@ -76,10 +76,7 @@ async fn incremental_reads_only_what_changed_and_restores_the_new_state() {
     assert_eq!(changed["files_read"], 2, "{changed}");
     assert_eq!(changed["files_unchanged"], 18);
 
-    let dst = env.ws.path("out");
-    let (out, _, stderr) = env.restore(changed["backup_id"].as_str().unwrap(), &dst);
-    assert!(out.status.success(), "{stderr}");
-    assert_same(&src, &dst);
+    env.restore_equals(&changed, &src);
 
     // The first backup still restores its own state.
     let old = env.ws.path("old");
@@ -329,10 +326,7 @@ async fn a_killed_backup_is_never_complete_and_the_next_one_reuses_its_packs() {
     let total = s["bytes_read"].as_u64().unwrap();
     let new = s["new_bytes"].as_u64().unwrap();
     assert!(new < total, "nothing reused: {s}");
-    let dst = env.ws.path("out");
-    let (out, _, stderr) = env.restore(s["backup_id"].as_str().unwrap(), &dst);
-    assert!(out.status.success(), "{stderr}");
-    assert_same(&src, &dst);
+    env.restore_equals(&s, &src);
 }
 
 #[tokio::test]
@@ -398,10 +392,7 @@ async fn vanished_files_make_a_partial_backup_that_still_restores() {
         .await
         .unwrap();
     assert_eq!(status, "partial");
-    let dst = env.ws.path("out");
-    let (out, _, stderr) = env.restore(s["backup_id"].as_str().unwrap(), &dst);
-    assert!(out.status.success(), "{stderr}");
-    assert_same(&src, &dst);
+    env.restore_equals(&s, &src);
 }
 
 #[tokio::test]

@@ -81,6 +81,19 @@ impl Error {
         Self::new(ErrorKind::Config, what)
     }
 
+    /// An I/O error on a named thing. Missing is `NotFound`, refused is
+    /// `Permission`; anything else is `otherwise`.
+    pub fn io(e: std::io::Error, otherwise: ErrorKind, what: impl Into<String>) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                ErrorKind::Permission
+            }
+            _ => otherwise,
+        };
+        Error::new(kind, what).with_source(e)
+    }
+
     /// Adds what the operator should do about it.
     pub fn with_guidance(mut self, guidance: impl Into<String>) -> Self {
         self.guidance = Some(guidance.into());

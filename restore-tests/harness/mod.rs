@@ -245,6 +245,18 @@ impl VolumeEnv {
             .arg(&self.identity))
     }
 
+    /// Restores `backup` into a new directory and asserts it equals `src`.
+    pub fn restore_equals(&self, backup: &serde_json::Value, src: &std::path::Path) {
+        let id = backup["backup_id"].as_str().expect("a backup summary");
+        let dst = self.ws.path(&format!("restored-{id}"));
+        let (out, stdout, stderr) = self.restore(id, &dst);
+        assert!(
+            out.status.success(),
+            "restore of {id} failed:\n{stdout}{stderr}"
+        );
+        crate::tree::assert_same(src, &dst);
+    }
+
     pub fn repo(&self) -> PathBuf {
         self.ws.path("repo")
     }

@@ -217,16 +217,11 @@ impl Config {
     /// As [`Config::load`], with the environment supplied by `env`.
     pub fn load_with_env(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            let kind = match e.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
-                _ => ErrorKind::Config,
-            };
-            Error::new(
-                kind,
+            Error::io(
+                e,
+                ErrorKind::Config,
                 format!("cannot read configuration file {}", path.display()),
             )
-            .with_source(e)
             .with_guidance(format!(
                 "pass the file with --config FILE or {ENV_CONFIG}=FILE; \
                      docs/configuration.md has an example"

@@ -180,16 +180,11 @@ impl Identity {
     /// Reads an identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            let kind = match e.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
-                _ => ErrorKind::Failed,
-            };
-            Error::new(
-                kind,
+            Error::io(
+                e,
+                ErrorKind::Failed,
                 format!("cannot read identity file {}", path.display()),
             )
-            .with_source(e)
             .with_guidance("pass the age identity with --identity FILE or DRCTL_IDENTITY_FILE")
         })?;
         let ids: Vec<_> = text

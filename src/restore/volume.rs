@@ -61,16 +61,7 @@ fn bad_manifest(path: &str) -> Error {
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| {
-        let kind = match e.kind() {
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                ErrorKind::Permission
-            }
-            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            _ => ErrorKind::Failed,
-        };
-        Error::new(kind, what).with_source(e)
-    }
+    move |e| Error::io(e, ErrorKind::Failed, what)
 }
 
 /// Checks the target before anything is written.

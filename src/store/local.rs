@@ -40,12 +40,7 @@ impl LocalStore {
     }
 
     fn io_error(&self, what: String, e: std::io::Error) -> Error {
-        let kind = match e.kind() {
-            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
-            _ => ErrorKind::Unavailable,
-        };
-        Error::new(kind, what).with_source(e)
+        Error::io(e, ErrorKind::Unavailable, what)
     }
 
     fn meta(&self, key: &str, m: &fs::Metadata) -> ObjectMeta {
