@@ -61,6 +61,9 @@ pub struct Sink {
 
 impl Sink {
     pub fn send(&self, job: Job) -> Result<()> {
+        if self.is_stopped() {
+            return Err(stopped_error());
+        }
         self.bytes_in
             .fetch_add(job.data.len() as u64, Ordering::Relaxed);
         self.tx.send(job).map_err(|_| stopped_error())
@@ -114,23 +117,29 @@ pub fn write<R: Send>(
     let produced = std::thread::scope(|s| {
         for _ in 0..workers {
             let blob_tx = blob_tx.clone();
-            let (job_rx, known, written, stats, fail) = (&job_rx, &known, &written, &stats, &fail);
+            let (job_rx, known, written, stats, fail, stopped) =
+                (&job_rx, &known, &written, &stats, &fail, &stopped);
             s.spawn(move || {
-                let mut zstd = match zstd::bulk::Compressor::new(zstd_level) {
-                    Ok(z) => z,
-                    Err(e) => {
+                let mut zstd = zstd::bulk::Compressor::new(zstd_level)
+                    .map_err(|e| {
                         fail(
                             Error::new(ErrorKind::Config, format!("zstd level {zstd_level}"))
                                 .with_source(e),
-                        );
-                        return;
-                    }
-                };
+                        )
+                    })
+                    .ok();
                 let mut scratch = Vec::new();
                 loop {
                     let job = match job_rx.lock().unwrap().recv() {
                         Ok(j) => j,
                         Err(_) => return,
+                    };
+                    // After a failure anywhere, keep taking jobs (and dropping
+                    // them) until the producer stops: it must never block on
+                    // a full queue nobody reads.
+                    let Some(zstd) = zstd.as_mut().filter(|_| !stopped.load(Ordering::Relaxed))
+                    else {
+                        continue;
                     };
                     let id = repo.secret.chunk_id(&job.data);
                     let len = job.data.len();
@@ -150,11 +159,10 @@ pub fn write<R: Send>(
                         }
                     }
                     if new {
-                        let blob = seal_chunk(&job.data, &mut zstd, &mut scratch, recipients);
+                        let blob = seal_chunk(&job.data, zstd, &mut scratch, recipients);
                         drop(job);
                         if blob_tx.send((id, blob, len)).is_err() {
                             fail(stopped_error());
-                            return;
                         }
                     }
                 }
@@ -236,4 +244,75 @@ fn upload_stage(
         st.stored_bytes += pack.bytes.len() as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use crate::store::{ObjectMeta, Store};
+
+    /// A store whose pack writes fail after the first one: a full disk, a
+    /// revoked credential.
+    struct FailingStore {
+        inner: LocalStore,
+        puts: std::sync::atomic::AtomicU32,
+    }
+
+    impl Store for FailingStore {
+        fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
+            if key.starts_with("packs/") && self.puts.fetch_add(1, Ordering::SeqCst) >= 1 {
+                return Err(Error::new(ErrorKind::Unavailable, "disk full"));
+            }
+            self.inner.put(key, data, opts)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Vec<u8>> {
+            self.inner.get_range(key, r)
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    }
+
+    #[test]
+    fn a_store_failure_stops_the_pipeline_with_its_cause_and_never_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FailingStore {
+            inner: LocalStore::new(dir.path()),
+            puts: Default::default(),
+        });
+        let id = age::x25519::Identity::generate();
+        let recipients = crate::repo::Recipients::parse(&[id.to_public().to_string()]).unwrap();
+        let repo = Repository::init(store, recipients).unwrap();
+        let mut x = 1u64;
+        let result = write(&repo, HashSet::new(), 1, &|_| Ok(()), |sink| {
+            // 200 distinct 1 MiB chunks: far more than the queues hold.
+            for tag in 0..200u64 {
+                let data: Vec<u8> = (0..1 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                sink.send(Job { tag, data })?;
+            }
+            Ok(())
+        });
+        let err = result.err().expect("the second pack cannot be stored");
+        assert_eq!(err.what(), "disk full");
+    }
 }
