@@ -312,7 +312,7 @@ mod tests {
             }
             Ok(())
         });
-        let err = result.err().expect("the second pack cannot be stored");
+        let err = result.expect_err("the second pack cannot be stored");
         assert_eq!(err.what(), "disk full");
     }
 }
