@@ -485,3 +485,50 @@ async fn repo_init_refuses_to_overwrite() {
     let info = env.json(&["repo", "info"]);
     assert_eq!(info["repository"]["format_version"], 1);
 }
+
+#[tokio::test]
+async fn forced_restore_never_writes_through_links_in_the_target() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/file"), b"restored").unwrap();
+    std::fs::write(src.join("top"), b"top").unwrap();
+    let s = env.backup(&src, "v");
+
+    // A target whose `data` and `top` are links to a place outside it.
+    let outside = env.ws.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("file"), b"precious").unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    let target = env.ws.path("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("data")).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), target.join("top")).unwrap();
+
+    let (out, _, stderr) = harness::run(
+        env.cmd(&[
+            "restore",
+            "volume",
+            s["backup_id"].as_str().unwrap(),
+            "--force",
+            "--to",
+        ])
+        .arg(&target)
+        .arg("--identity")
+        .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(outside.join("file")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(target.join("data/file")).unwrap(),
+        b"restored"
+    );
+    assert_eq!(std::fs::read(target.join("top")).unwrap(), b"top");
+    assert!(
+        !std::fs::symlink_metadata(target.join("data"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +62,20 @@ fn bad_manifest(path: &str) -> Error {
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(e, ErrorKind::Failed, what)
+}
+
+/// Removes what is at `p` unless it is what `keep` accepts (a symlink never
+/// is: lstat does not follow it). Missing is fine.
+fn remove_if_not(p: &std::path::Path, keep: impl Fn(&fs::Metadata) -> bool) {
+    if let Ok(m) = fs::symlink_metadata(p)
+        && !keep(&m)
+    {
+        let _ = if m.is_dir() {
+            fs::remove_dir_all(p)
+        } else {
+            fs::remove_file(p)
+        };
+    }
 }
 
 /// Checks the target before anything is written.
@@ -145,15 +159,25 @@ pub fn restore(
         let p = dest(e)?;
         match e.kind {
             EntryKind::Dir => {
+                // Parents come before children, so replacing a symlink here
+                // keeps every later path inside the target (with --force,
+                // the target may hold links that point out of it).
+                if !e.path.is_empty() {
+                    remove_if_not(&p, |m| m.is_dir());
+                }
                 fs::create_dir_all(&p)
                     .map_err(io(format!("cannot create directory {}", p.display())))?;
                 let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
             }
             EntryKind::File | EntryKind::Block => {
+                if !block {
+                    remove_if_not(&p, |m| m.is_file());
+                }
                 let f = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(!block)
+                    .custom_flags(if block { 0 } else { libc::O_NOFOLLOW })
                     .open(&p)
                     .map_err(io(format!("cannot create {}", p.display())))?;
                 if !block || f.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -226,6 +250,12 @@ pub fn restore(
     }
 
     // 3. Links.
+    let by_path: HashMap<&str, usize> = manifest
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_str(), i))
+        .collect();
     for e in &manifest.entries {
         let p = dest(e)?;
         match e.kind {
@@ -240,10 +270,11 @@ pub fn restore(
                     .map_err(io(format!("cannot create symlink {}", p.display())))?;
             }
             EntryKind::Hardlink => {
-                let first = manifest
-                    .entries
-                    .iter()
-                    .find(|f| Some(&f.path) == e.target.as_ref())
+                let first = e
+                    .target
+                    .as_ref()
+                    .and_then(|t| by_path.get(t.as_str()))
+                    .map(|&i| &manifest.entries[i])
                     .ok_or_else(|| bad_manifest(&e.path))?;
                 let _ = fs::remove_file(&p);
                 fs::hard_link(dest(first)?, &p)
@@ -331,6 +362,7 @@ fn restore_pack(
         let p = dest(e)?;
         let f = OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p)
             .map_err(io(format!("cannot open {}", p.display())))?;
         f.write_all_at(data, at)
