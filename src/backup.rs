@@ -203,6 +203,7 @@ async fn run_volume(
             _ => serde_json::json!({}),
         };
         items.push(ItemRow {
+            from_parent: scan.unchanged.contains(&e.path),
             item: e.path.clone(),
             item_type: serde_json::to_value(e.kind)
                 .ok()
@@ -260,6 +261,7 @@ async fn run_volume(
             &key,
             &serde_json::to_value(&summary).expect("summary serialises"),
             error.as_deref(),
+            parent,
             &items,
         )
         .await?;

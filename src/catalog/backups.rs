@@ -33,6 +33,9 @@ macro_rules! columns {
 
 /// One item to record with a finished backup.
 pub struct ItemRow {
+    /// Unchanged since the parent backup, which has the same row: copied in
+    /// the database instead of sent again.
+    pub from_parent: bool,
     pub item: String,
     pub item_type: String,
     pub size: i64,
@@ -72,17 +75,45 @@ impl Catalog {
         manifest_key: &str,
         stats: &serde_json::Value,
         error: Option<&str>,
+        parent: Option<Uuid>,
         items: &[ItemRow],
     ) -> Result<()> {
         let mut tx = self.pool().begin().await.map_err(query_error)?;
-        for batch in items.chunks(5_000) {
+        let (reused, sent): (Vec<&ItemRow>, Vec<&ItemRow>) = items
+            .iter()
+            .partition(|i| i.from_parent && parent.is_some());
+        let mut to_send = sent;
+        if let Some(parent) = parent
+            && !reused.is_empty()
+        {
+            let names: Vec<&str> = reused.iter().map(|i| i.item.as_str()).collect();
+            let copied = sqlx::query(
+                "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
+                 SELECT $1, item, item_type, size, attrs FROM backup_items \
+                 WHERE backup_id = $2 AND item = ANY($3)",
+            )
+            .bind(id)
+            .bind(parent)
+            .bind(&names)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?
+            .rows_affected();
+            if copied != reused.len() as u64 {
+                // The parent lacks some rows (it should not): send them all,
+                // keeping what was copied.
+                to_send.extend(reused);
+            }
+        }
+        for batch in to_send.chunks(5_000) {
             let names: Vec<&str> = batch.iter().map(|i| i.item.as_str()).collect();
             let types: Vec<&str> = batch.iter().map(|i| i.item_type.as_str()).collect();
             let sizes: Vec<i64> = batch.iter().map(|i| i.size).collect();
             let attrs: Vec<serde_json::Value> = batch.iter().map(|i| i.attrs.clone()).collect();
             sqlx::query(
                 "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[])",
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[]) \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .bind(&names)

@@ -86,6 +86,8 @@ pub struct Scan {
     pub files_unchanged: u64,
     pub bytes_unchanged: u64,
     pub skipped_special: u64,
+    /// Escaped paths of files taken unchanged from the previous backup.
+    pub unchanged: std::collections::HashSet<String>,
 }
 
 /// Data is read in segments of at most this size, each cut into chunks on
@@ -458,6 +460,7 @@ impl Walker<'_> {
                 })
                 .collect();
             self.scan.files_unchanged += 1;
+            self.scan.unchanged.insert(e.path.clone());
             self.scan.bytes_unchanged += meta.size();
             self.push(e, refs, (ctime_ns(meta), meta.ino()));
             return Ok(());
