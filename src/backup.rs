@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, ItemRow};
+use crate::catalog::{BackupEnd, Catalog, ItemRow};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::manifest::{ChunkLocation, Extent, Manifest, manifest_key};
 use crate::repo::writer::{WriteStats, write};
@@ -254,17 +254,15 @@ async fn run_volume(
             scan.problems[0].error
         )
     });
-    catalog
-        .finish_backup(
-            id,
-            status,
-            &key,
-            &serde_json::to_value(&summary).expect("summary serialises"),
-            error.as_deref(),
-            parent,
-            &items,
-        )
-        .await?;
+    let stats_json = serde_json::to_value(&summary).expect("summary serialises");
+    let end = BackupEnd {
+        status,
+        manifest_key: &key,
+        stats: &stats_json,
+        error: error.as_deref(),
+        parent,
+    };
+    catalog.finish_backup(id, &end, &items).await?;
     Ok(summary)
 }
 

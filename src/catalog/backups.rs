@@ -31,6 +31,18 @@ macro_rules! columns {
     };
 }
 
+/// How a backup ended, for [`Catalog::finish_backup`].
+#[derive(Clone, Copy)]
+pub struct BackupEnd<'a> {
+    /// `complete` or `partial`.
+    pub status: &'a str,
+    pub manifest_key: &'a str,
+    pub stats: &'a serde_json::Value,
+    pub error: Option<&'a str>,
+    /// The backup this one was incremental to; its item rows are reused.
+    pub parent: Option<Uuid>,
+}
+
 /// One item to record with a finished backup.
 pub struct ItemRow {
     /// Unchanged since the parent backup, which has the same row: copied in
@@ -71,13 +83,16 @@ impl Catalog {
     pub async fn finish_backup(
         &self,
         id: Uuid,
-        status: &str,
-        manifest_key: &str,
-        stats: &serde_json::Value,
-        error: Option<&str>,
-        parent: Option<Uuid>,
+        end: &BackupEnd<'_>,
         items: &[ItemRow],
     ) -> Result<()> {
+        let BackupEnd {
+            status,
+            manifest_key,
+            stats,
+            error,
+            parent,
+        } = *end;
         let mut tx = self.pool().begin().await.map_err(query_error)?;
         let (reused, sent): (Vec<&ItemRow>, Vec<&ItemRow>) = items
             .iter()

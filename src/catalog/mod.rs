@@ -18,7 +18,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
-pub use backups::{BackupRow, ItemRow};
+pub use backups::{BackupEnd, BackupRow, ItemRow};
 
 /// The catalog schema, from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
