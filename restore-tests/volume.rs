@@ -132,6 +132,45 @@ fn packs(env: &VolumeEnv) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Starts `drctl backup volume` of `src` and returns once `packs` packs are
+/// stored, asserting it is still running then (so a kill lands mid-backup).
+fn backup_until_packs(
+    env: &VolumeEnv,
+    src: &std::path::Path,
+    name: &str,
+    packs_stored: usize,
+) -> std::process::Child {
+    let mut child = env
+        .cmd(&[
+            "backup",
+            "volume",
+            "--path",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while packs(env).len() < packs_stored {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before {packs_stored} pack(s)"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "backup finished before {packs_stored} pack(s)"
+    );
+    child
+}
+
 /// Replaces a (read-only) repository object with `bytes`, as an attacker
 /// with write access to the storage could.
 fn overwrite(path: &std::path::Path, bytes: &[u8]) {
@@ -280,32 +319,7 @@ async fn a_killed_backup_is_never_complete_and_the_next_one_reuses_its_packs() {
     }
     // Kill points: at once, after the first pack is stored, after three.
     for packs_before_kill in [0usize, 1, 3] {
-        let mut child = env
-            .cmd(&[
-                "backup",
-                "volume",
-                "--path",
-                src.to_str().unwrap(),
-                "--name",
-                "killed",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while packs(&env).len() < packs_before_kill {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "backup finished before the kill point"
-            );
-            assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backup finished before the kill point"
-        );
+        let mut child = backup_until_packs(&env, &src, "killed", packs_before_kill);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let usable: i64 = sqlx::query_scalar(
@@ -340,30 +354,7 @@ async fn vanished_files_make_a_partial_backup_that_still_restores() {
         std::fs::write(src.join(format!("z{i:02}")), format!("small {i}")).unwrap();
     }
     crate::tree::set_mtime(&src, 1_700_000_000, 0);
-    let mut child = env
-        .cmd(&[
-            "backup",
-            "volume",
-            "--path",
-            src.to_str().unwrap(),
-            "--name",
-            "p",
-            "-o",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while packs(&env).is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backup finished too early"
-        );
-        assert!(start.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let child = backup_until_packs(&env, &src, "p", 1);
     for i in 40..50 {
         std::fs::remove_file(src.join(format!("z{i:02}"))).unwrap();
     }

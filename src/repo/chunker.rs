@@ -138,14 +138,7 @@ mod tests {
 
     #[test]
     fn cdc_resynchronises_after_an_insert() {
-        let mut data = vec![0u8; 8 << 20];
-        let mut x = 1u64;
-        for b in data.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let data = crate::repo::test_noise(1, 8 << 20);
         let a = chunks(&data, Chunking::Cdc { seed: 7 });
         let mut changed = data.clone();
         changed.splice(100..100, [1, 2, 3]);
@@ -158,14 +151,7 @@ mod tests {
 
     #[test]
     fn cutter_matches_the_streaming_chunker_across_reads() {
-        let mut data = vec![0u8; 13 << 20];
-        let mut x = 99u64;
-        for b in data.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let data = crate::repo::test_noise(99, 13 << 20);
         let expected: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(
             &data[..],
             CDC_MIN as usize,

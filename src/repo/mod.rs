@@ -16,6 +16,20 @@ pub mod manifest;
 pub mod pack;
 pub mod writer;
 
+/// Deterministic incompressible bytes for tests (xorshift).
+#[cfg(test)]
+pub(crate) fn test_noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

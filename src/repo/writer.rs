@@ -296,18 +296,10 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let recipients = crate::repo::Recipients::parse(&[id.to_public().to_string()]).unwrap();
         let repo = Repository::init(store, recipients).unwrap();
-        let mut x = 1u64;
         let result = write(&repo, HashSet::new(), 1, &|_| Ok(()), |sink| {
             // 200 distinct 1 MiB chunks: far more than the queues hold.
             for tag in 0..200u64 {
-                let data: Vec<u8> = (0..1 << 20)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = crate::repo::test_noise(tag + 1, 1 << 20);
                 sink.send(Job { tag, data })?;
             }
             Ok(())
