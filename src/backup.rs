@@ -34,9 +34,11 @@ pub struct Summary {
     pub bytes_total: u64,
     pub new_bytes: u64,
     pub stored_bytes: u64,
-    /// Logical bytes of this backup per byte it stored; `None` when it
-    /// stored nothing new.
+    /// Bytes read per new (not yet stored) byte; `None` when nothing was read.
     pub dedup_ratio: Option<f64>,
+    /// New bytes per byte stored (zstd, less the encryption overhead);
+    /// `None` when nothing new was stored.
+    pub compression_ratio: Option<f64>,
     pub packs: u64,
     pub problems: Vec<crate::repo::manifest::Problem>,
     pub skipped_special: u64,
@@ -275,7 +277,6 @@ fn summarize(
     s: &WriteStats,
 ) -> Summary {
     use crate::repo::manifest::EntryKind;
-    let logical = s.bytes + scan.bytes_unchanged;
     Summary {
         backup_id: id,
         status: status.into(),
@@ -291,7 +292,8 @@ fn summarize(
         bytes_total: m.entries.iter().map(|e| e.size).sum(),
         new_bytes: s.new_bytes,
         stored_bytes: s.stored_bytes,
-        dedup_ratio: (s.stored_bytes > 0).then(|| logical as f64 / s.stored_bytes as f64),
+        dedup_ratio: (s.bytes > 0).then(|| s.bytes as f64 / s.new_bytes.max(1) as f64),
+        compression_ratio: (s.stored_bytes > 0).then(|| s.new_bytes as f64 / s.stored_bytes as f64),
         packs: s.packs,
         problems: scan.problems.clone(),
         skipped_special: scan.skipped_special,

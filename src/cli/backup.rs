@@ -154,7 +154,7 @@ impl BackupCommand {
 
 fn render_summary(s: &Summary) -> String {
     let mut t = format!(
-        "backup {} {}\n  files      {} ({} read, {} unchanged)\n  bytes      {} total, {} read, {} new, {} stored in {} pack(s)\n  dedup      {}\n  time       {:.1}s\n",
+        "backup {} {}\n  files      {} ({} read, {} unchanged)\n  bytes      {} total, {} read, {} new, {} stored in {} pack(s)\n  dedup      {}\n  compressed {}\n  time       {:.1}s\n",
         s.backup_id,
         s.status,
         s.files,
@@ -165,9 +165,14 @@ fn render_summary(s: &Summary) -> String {
         super::progress::human(s.new_bytes),
         super::progress::human(s.stored_bytes),
         s.packs,
-        s.dedup_ratio
-            .map(|r| format!("{r:.2}x (logical bytes per stored byte)"))
-            .unwrap_or_else(|| "everything was stored already".into()),
+        match (s.dedup_ratio, s.new_bytes) {
+            (None, _) => "nothing read".to_string(),
+            (Some(_), 0) => "everything read was stored already".to_string(),
+            (Some(r), _) => format!("{r:.2}x (bytes read per new byte)"),
+        },
+        s.compression_ratio
+            .map(|r| format!("{r:.2}x (new bytes per stored byte)"))
+            .unwrap_or_else(|| "-".into()),
         s.seconds
     );
     if s.skipped_special > 0 {
