@@ -165,9 +165,11 @@ fn read_pack(
     verify_pack(pack, &bytes).map_err(msg)?;
     let mut chunks = 0;
     let mut zstd = crate::repo::pack::decompressor();
-    for entry in read_index(pack, &bytes, identity).map_err(msg)? {
+    let index = read_index(pack, &bytes, identity).map_err(msg)?;
+    for entry in &index.chunks {
         let blob = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-        open_chunk(blob, &entry, identity, &repo.secret, pack, &mut zstd).map_err(msg)?;
+        let key = index.key(pack, entry).map_err(msg)?;
+        open_chunk(blob, entry, key, &repo.secret, pack, &mut zstd).map_err(msg)?;
         chunks += 1;
     }
     Ok((bytes.len() as u64, chunks))

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crypto::{ChunkId, Identity, Recipients, RepoSecret};
+pub use crypto::{ChunkId, DataKey, Identity, Recipients, RepoSecret};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{PutOptions, Store, sha256};

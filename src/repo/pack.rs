@@ -2,18 +2,20 @@
 //!
 //! ```text
 //! [blob 0][blob 1]…[blob n-1][index (age)][index length: u32 LE]["DRCTLPK1"]
-//! blob = age( flag: u8 (0 raw, 1 zstd) ‖ payload )
+//! blob  = nonce ‖ XChaCha20-Poly1305(data key, flag: u8 (0 raw, 1 zstd) ‖ payload; aad = chunk id) ‖ tag
+//! index = age(zstd(JSON {keys: [data key…], chunks: [{id, offset, length, raw_length, key}…]}))
 //! ```
 //! The object key is the SHA-256 of all of it, so any change to a pack, a
 //! replaced pack included, is caught before a byte of it is trusted. Each
 //! chunk is then checked against its keyed id after decryption and
 //! decompression. Chunks that zstd does not shrink are stored raw.
 //! The index makes a pack self-describing: the catalog can be rebuilt from
-//! the packs and manifests alone.
+//! the packs and manifests alone, and it carries the data keys, so one age
+//! decryption opens every chunk of the pack.
 
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{ChunkId, Identity, Recipients, RepoSecret};
+use super::crypto::{ChunkId, DataKey, Identity, Recipients, RepoSecret};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::sha256;
 
@@ -21,13 +23,34 @@ const MAGIC: &[u8; 8] = b"DRCTLPK1";
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
 
-/// Where a chunk is inside its pack.
+/// Where a chunk is inside its pack, and which data key sealed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
     pub id: ChunkId,
     pub offset: u32,
     pub length: u32,
     pub raw_length: u32,
+    /// Index into [`PackIndex::keys`].
+    pub key: u8,
+}
+
+/// The decrypted index of a pack.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PackIndex {
+    pub keys: Vec<DataKey>,
+    pub chunks: Vec<IndexEntry>,
+}
+
+impl PackIndex {
+    /// The data key of `entry`.
+    pub fn key(&self, pack: &str, entry: &IndexEntry) -> Result<&DataKey> {
+        self.keys.get(entry.key as usize).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("pack {pack}: index names a missing key"),
+            )
+        })
+    }
 }
 
 /// Compresses (when it helps) and encrypts one chunk into a blob. The
@@ -35,11 +58,12 @@ pub struct IndexEntry {
 /// zstd context per chunk costs more than compressing a small file, and a
 /// fresh zeroed buffer per chunk was an eighth of a backup's CPU time.
 pub fn seal_chunk(
+    id: &ChunkId,
     data: &[u8],
     zstd: &mut zstd::bulk::Compressor<'_>,
     scratch: &mut Vec<u8>,
-    recipients: &Recipients,
-) -> Vec<u8> {
+    key: &DataKey,
+) -> Result<Vec<u8>> {
     scratch.clear();
     scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
     let compressed = zstd.compress_to_buffer(data, scratch).is_ok()
@@ -51,20 +75,25 @@ pub fn seal_chunk(
     } else {
         (FLAG_RAW, data)
     };
-    recipients.encrypt_parts(&[&[flag], payload])
+    key.seal(id, &[&[flag], payload])
 }
 
 /// Decrypts and decompresses a blob, and checks it is the chunk `id`.
 pub fn open_chunk(
     blob: &[u8],
     entry: &IndexEntry,
-    identity: &Identity,
+    key: &DataKey,
     secret: &RepoSecret,
     pack: &str,
     zstd: &mut zstd::bulk::Decompressor<'_>,
 ) -> Result<Vec<u8>> {
     let what = || format!("chunk {} in pack {pack}", entry.id.to_hex());
-    let plain = identity.decrypt(&what(), blob)?;
+    let plain = key.open(&entry.id, blob).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("{} fails authentication", what()),
+        )
+    })?;
     let data = match plain.split_first() {
         Some((&FLAG_RAW, rest)) => rest.to_vec(),
         Some((&FLAG_ZSTD, rest)) => {
@@ -125,12 +154,14 @@ impl PackBuilder {
         }
     }
 
-    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize) {
+    /// Adds a blob sealed with data key number `key` of the writer.
+    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize, key: u8) {
         self.index.push(IndexEntry {
             id,
             offset: self.buf.len() as u32,
             length: blob.len() as u32,
             raw_length: raw_length as u32,
+            key,
         });
         self.buf.extend_from_slice(blob);
     }
@@ -143,8 +174,15 @@ impl PackBuilder {
         self.index.is_empty()
     }
 
-    pub fn finish(mut self, recipients: &Recipients) -> SealedPack {
-        let index = serde_json::to_vec(&self.index).expect("index serialises");
+    /// Seals the pack; `keys` are the writer's data keys, by number.
+    pub fn finish(mut self, recipients: &Recipients, keys: &[DataKey]) -> SealedPack {
+        let index = PackIndex {
+            keys: keys.to_vec(),
+            chunks: self.index,
+        };
+        let index_json = serde_json::to_vec(&index).expect("index serialises");
+        self.index = index.chunks;
+        let index = index_json;
         let sealed = recipients.encrypt(&zstd::bulk::compress(&index, 3).expect("zstd in memory"));
         self.buf.extend_from_slice(&sealed);
         self.buf
@@ -179,7 +217,7 @@ pub fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads the index of a verified pack.
-pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<Vec<IndexEntry>> {
+pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex> {
     let bad = |why: &str| Error::new(ErrorKind::Integrity, format!("pack {key}: {why}"));
     if bytes.len() < 12 || &bytes[bytes.len() - 8..] != MAGIC {
         return Err(bad("not a drctl pack (no trailer)"));
@@ -193,12 +231,13 @@ pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<Vec<In
     let packed = identity.decrypt(&format!("the index of pack {key}"), sealed)?;
     let json =
         zstd::bulk::decompress(&packed, 64 << 20).map_err(|_| bad("index does not decompress"))?;
-    let index: Vec<IndexEntry> =
+    let index: PackIndex =
         serde_json::from_slice(&json).map_err(|_| bad("index does not parse"))?;
     let data_end = (n - 12 - len) as u64;
     if index
+        .chunks
         .iter()
-        .any(|e| e.offset as u64 + e.length as u64 > data_end)
+        .any(|e| e.offset as u64 + e.length as u64 > data_end || e.key as usize >= index.keys.len())
     {
         return Err(bad("index points outside the pack"));
     }

@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use super::pack::{PackBuilder, SealedPack, seal_chunk};
-use super::{ChunkId, Repository};
+use super::{ChunkId, DataKey, Repository};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::PutOptions;
 
@@ -93,7 +93,11 @@ pub fn write<R: Send>(
     let recipients = repo.recipients()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (job_tx, job_rx) = sync_channel::<Job>(workers);
-    let (blob_tx, blob_rx) = sync_channel::<(ChunkId, Vec<u8>, usize)>(4);
+    let (blob_tx, blob_rx) = sync_channel::<Blob>(4);
+    // One data key per worker for this run: a blob names its key by number.
+    let keys: Vec<DataKey> = (0..workers)
+        .map(|_| DataKey::generate())
+        .collect::<Result<_>>()?;
     // A rendezvous: the packer fills the next pack while one is uploaded, and
     // no third pack waits in between (peak memory is two packs, not three).
     let (pack_tx, pack_rx) = sync_channel::<SealedPack>(0);
@@ -115,7 +119,7 @@ pub fn write<R: Send>(
     };
 
     let produced = std::thread::scope(|s| {
-        for _ in 0..workers {
+        for (worker, key) in keys.iter().enumerate() {
             let blob_tx = blob_tx.clone();
             let (job_rx, known, written, stats, fail, stopped) =
                 (&job_rx, &known, &written, &stats, &fail, &stopped);
@@ -159,9 +163,15 @@ pub fn write<R: Send>(
                         }
                     }
                     if new {
-                        let blob = seal_chunk(&job.data, zstd, &mut scratch, recipients);
+                        let blob = match seal_chunk(&id, &job.data, zstd, &mut scratch, key) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                fail(e);
+                                continue;
+                            }
+                        };
                         drop(job);
-                        if blob_tx.send((id, blob, len)).is_err() {
+                        if blob_tx.send((id, blob, len, worker as u8)).is_err() {
                             fail(stopped_error());
                         }
                     }
@@ -171,7 +181,8 @@ pub fn write<R: Send>(
         drop(blob_tx);
 
         let pack_size = repo.config.pack_size;
-        s.spawn(move || pack_stage(blob_rx, pack_tx, pack_size, recipients));
+        let keys = &keys;
+        s.spawn(move || pack_stage(blob_rx, pack_tx, pack_size, recipients, keys));
         let (stats_ref, fail_ref) = (&stats, &fail);
         s.spawn(move || {
             if let Err(e) = upload_stage(repo, pack_rx, on_pack, stats_ref) {
@@ -200,26 +211,30 @@ pub fn write<R: Send>(
     ))
 }
 
+/// A sealed chunk on its way to a pack: id, blob, raw length, data key number.
+type Blob = (ChunkId, Vec<u8>, usize, u8);
+
 fn pack_stage(
-    blobs: Receiver<(ChunkId, Vec<u8>, usize)>,
+    blobs: Receiver<Blob>,
     packs: SyncSender<SealedPack>,
     pack_size: usize,
     recipients: &super::Recipients,
+    keys: &[DataKey],
 ) {
     // A full pack, one maximal chunk past it, and room for the index.
     let capacity = pack_size + (super::chunker::CDC_MAX as usize) + (1 << 20);
     let mut builder = PackBuilder::with_capacity(capacity);
-    for (id, blob, raw) in blobs {
-        builder.add(id, &blob, raw);
+    for (id, blob, raw, key) in blobs {
+        builder.add(id, &blob, raw, key);
         if builder.len() >= pack_size {
             let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(capacity));
-            if packs.send(full.finish(recipients)).is_err() {
+            if packs.send(full.finish(recipients, keys)).is_err() {
                 return;
             }
         }
     }
     if !builder.is_empty() {
-        let _ = packs.send(builder.finish(recipients));
+        let _ = packs.send(builder.finish(recipients, keys));
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{Entry, EntryKind, Manifest};
-use crate::repo::pack::{IndexEntry, open_chunk, verify_pack};
+use crate::repo::pack::{IndexEntry, open_chunk, read_index, verify_pack};
 use crate::source::volume::unescape;
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,6 +332,8 @@ fn restore_pack(
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.
+    let index = read_index(pack, &bytes, identity)?;
+    let at_offset: HashMap<u32, &IndexEntry> = index.chunks.iter().map(|e| (e.offset, e)).collect();
     let mut uses = uses.to_vec();
     uses.sort_unstable();
     let mut current: Option<(u32, Vec<u8>)> = None;
@@ -339,22 +341,27 @@ fn restore_pack(
     for (ci, ei, at) in uses {
         let loc = &manifest.chunks[ci as usize];
         if current.as_ref().is_none_or(|(c, _)| *c != ci) {
+            // The manifest and the pack's own index must agree on the chunk.
+            let entry = at_offset
+                .get(&loc.offset)
+                .filter(|e| {
+                    e.id == loc.id && e.length == loc.length && e.raw_length == loc.raw_length
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        format!(
+                            "pack {pack} does not hold chunk {} where the manifest says",
+                            loc.id.to_hex()
+                        ),
+                    )
+                })?;
             let end = loc.offset as usize + loc.length as usize;
-            let blob = bytes.get(loc.offset as usize..end).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    format!("pack {pack} is shorter than its index says"),
-                )
-            })?;
-            let entry = IndexEntry {
-                id: loc.id,
-                offset: loc.offset,
-                length: loc.length,
-                raw_length: loc.raw_length,
-            };
+            let blob = &bytes[loc.offset as usize..end];
+            let key = index.key(pack, entry)?;
             current = Some((
                 ci,
-                open_chunk(blob, &entry, identity, &repo.secret, pack, &mut zstd)?,
+                open_chunk(blob, entry, key, &repo.secret, pack, &mut zstd)?,
             ));
         }
         let data = &current.as_ref().expect("set above").1;
