@@ -2,8 +2,9 @@
 //!
 //! Three sources (the etcd keyspace, the API resources of chosen namespaces and
 //! the contents of persistent volumes) flow one way through a pipeline
-//! (chunk → keyed id → dedup → zstd → age → pack) into object storage that
-//! cannot be rewritten, with a PostgreSQL catalog of everything stored. The
+//! (chunk → keyed id → dedup → zstd → encrypt → pack, the keys sealed with
+//! age) into object storage that cannot be rewritten, with a PostgreSQL
+//! catalog of everything stored. The
 //! modules mirror that flow; `../DESIGN.md` in the shared folder and `docs/`
 //! describe the invariants.
 //!

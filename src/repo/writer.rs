@@ -1,4 +1,4 @@
-//! The write pipeline: chunk → id → dedup → zstd → age → pack → store.
+//! The write pipeline: chunk → id → dedup → zstd → seal → pack (index sealed with age) → store.
 //!
 //! Stages run on their own threads, joined by bounded channels, so both cores
 //! stay busy and memory stays bounded whatever the input size:
