@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::repo::Repository;
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{open_chunk, read_index, verify_pack};
+use crate::repo::pack::OpenPack;
 use crate::restore::volume::display_path;
 
 #[derive(Debug, Default, Serialize)]
@@ -161,18 +161,12 @@ fn read_pack(
     pack: &str,
 ) -> std::result::Result<(u64, u64), String> {
     let msg = |e: crate::Error| e.report().trim_end().to_string();
-    let bytes = repo.store.get(pack).map_err(msg)?;
-    verify_pack(pack, &bytes).map_err(msg)?;
-    let mut chunks = 0;
+    let pack = OpenPack::fetch(&*repo.store, pack, identity).map_err(msg)?;
     let mut zstd = crate::repo::pack::decompressor();
-    let index = read_index(pack, &bytes, identity).map_err(msg)?;
-    for entry in &index.chunks {
-        let blob = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-        let key = index.key(pack, entry).map_err(msg)?;
-        open_chunk(blob, entry, key, &repo.secret, pack, &mut zstd).map_err(msg)?;
-        chunks += 1;
+    for entry in &pack.index.chunks {
+        pack.chunk(entry, &repo.secret, &mut zstd).map_err(msg)?;
     }
-    Ok((bytes.len() as u64, chunks))
+    Ok((pack.size(), pack.index.chunks.len() as u64))
 }
 
 /// The packs to read: all, or a random share (at least one).

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::crypto::{ChunkId, DataKey, Identity, Recipients, RepoSecret};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::sha256;
+use crate::store::{Store, sha256};
 
 const MAGIC: &[u8; 8] = b"DRCTLPK1";
 const FLAG_RAW: u8 = 0;
@@ -79,7 +79,7 @@ pub fn seal_chunk(
 }
 
 /// Decrypts and decompresses a blob, and checks it is the chunk `id`.
-pub fn open_chunk(
+fn open_chunk(
     blob: &[u8],
     entry: &IndexEntry,
     key: &DataKey,
@@ -205,7 +205,7 @@ pub fn pack_key(sha: &[u8; 32]) -> String {
 }
 
 /// Checks that `bytes` are the pack stored under `key`.
-pub fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
+fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
     if pack_key(&sha256(bytes)) != key {
         return Err(Error::new(
             ErrorKind::Integrity,
@@ -217,7 +217,7 @@ pub fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads the index of a verified pack.
-pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex> {
+fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex> {
     let bad = |why: &str| Error::new(ErrorKind::Integrity, format!("pack {key}: {why}"));
     if bytes.len() < 12 || &bytes[bytes.len() - 8..] != MAGIC {
         return Err(bad("not a drctl pack (no trailer)"));
@@ -242,4 +242,44 @@ pub fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIn
         return Err(bad("index points outside the pack"));
     }
     Ok(index)
+}
+
+/// A pack fetched whole, checked against its key, with its index decrypted:
+/// the only way the read side gets at chunks, so none skips a check.
+pub struct OpenPack {
+    pub key: String,
+    bytes: Vec<u8>,
+    pub index: PackIndex,
+}
+
+impl OpenPack {
+    pub fn fetch(store: &dyn Store, key: &str, identity: &Identity) -> Result<Self> {
+        let bytes = store.get(key)?;
+        verify_pack(key, &bytes)?;
+        let index = read_index(key, &bytes, identity)?;
+        Ok(OpenPack {
+            key: key.to_string(),
+            bytes,
+            index,
+        })
+    }
+
+    /// Stored size of the pack.
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// The plaintext of the chunk `entry` of this pack's index, checked
+    /// against its id.
+    pub fn chunk(
+        &self,
+        entry: &IndexEntry,
+        secret: &RepoSecret,
+        zstd: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<Vec<u8>> {
+        // read_index checked that every entry lies inside the pack.
+        let blob = &self.bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+        let key = self.index.key(&self.key, entry)?;
+        open_chunk(blob, entry, key, secret, &self.key, zstd)
+    }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{Entry, EntryKind, Manifest};
-use crate::repo::pack::{IndexEntry, open_chunk, read_index, verify_pack};
+use crate::repo::pack::{IndexEntry, OpenPack};
 use crate::source::volume::unescape;
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,13 +327,12 @@ fn restore_pack(
     dest: &dyn Fn(&Entry) -> Result<PathBuf>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    let bytes = repo.store.get(pack)?;
-    verify_pack(pack, &bytes)?;
+    let pack = OpenPack::fetch(&*repo.store, pack, identity)?;
+    let at_offset: HashMap<u32, &IndexEntry> =
+        pack.index.chunks.iter().map(|e| (e.offset, e)).collect();
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.
-    let index = read_index(pack, &bytes, identity)?;
-    let at_offset: HashMap<u32, &IndexEntry> = index.chunks.iter().map(|e| (e.offset, e)).collect();
     let mut uses = uses.to_vec();
     uses.sort_unstable();
     let mut current: Option<(u32, Vec<u8>)> = None;
@@ -351,18 +350,13 @@ fn restore_pack(
                     Error::new(
                         ErrorKind::Integrity,
                         format!(
-                            "pack {pack} does not hold chunk {} where the manifest says",
+                            "pack {} does not hold chunk {} where the manifest says",
+                            pack.key,
                             loc.id.to_hex()
                         ),
                     )
                 })?;
-            let end = loc.offset as usize + loc.length as usize;
-            let blob = &bytes[loc.offset as usize..end];
-            let key = index.key(pack, entry)?;
-            current = Some((
-                ci,
-                open_chunk(blob, entry, key, &repo.secret, pack, &mut zstd)?,
-            ));
+            current = Some((ci, pack.chunk(entry, &repo.secret, &mut zstd)?));
         }
         let data = &current.as_ref().expect("set above").1;
         let e = &manifest.entries[ei];
