@@ -183,21 +183,6 @@ impl std::error::Error for Error {
     }
 }
 
-/// Attaches drctl context to foreign errors at the call site.
-pub trait ResultExt<T> {
-    /// Wraps the error as `kind` with the message `what`.
-    fn or_fail(self, kind: ErrorKind, what: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T, E> ResultExt<T> for std::result::Result<T, E>
-where
-    E: Into<Source>,
-{
-    fn or_fail(self, kind: ErrorKind, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::new(kind, what()).with_source(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

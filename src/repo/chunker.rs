@@ -111,28 +111,18 @@ impl Cutter {
     }
 }
 
-/// Reads `reader` to its end and calls `f` with each chunk in order. Returns
-/// the number of bytes read. For one-off streams; readers of many use a
-/// [`Cutter`].
-pub fn chunk_stream<E: From<std::io::Error>>(
-    reader: impl Read,
-    chunking: Chunking,
-    f: impl FnMut(Vec<u8>) -> Result<(), E>,
-) -> Result<u64, E> {
-    Cutter::new(chunking).cut(reader, f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn chunks(data: &[u8], c: Chunking) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        chunk_stream::<std::io::Error>(data, c, |v| {
-            out.push(v);
-            Ok(())
-        })
-        .unwrap();
+        Cutter::new(c)
+            .cut::<std::io::Error>(data, |v| {
+                out.push(v);
+                Ok(())
+            })
+            .unwrap();
         out
     }
 

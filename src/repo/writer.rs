@@ -16,7 +16,7 @@
 //! backup killed midway leaves packs the next one reuses.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +56,6 @@ pub struct WriteStats {
 pub struct Sink {
     tx: SyncSender<Job>,
     stopped: Arc<AtomicBool>,
-    pub bytes_in: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -64,8 +63,6 @@ impl Sink {
         if self.is_stopped() {
             return Err(stopped_error());
         }
-        self.bytes_in
-            .fetch_add(job.data.len() as u64, Ordering::Relaxed);
         self.tx.send(job).map_err(|_| stopped_error())
     }
 
@@ -193,7 +190,6 @@ pub fn write<R: Send>(
         let sink = Sink {
             tx: job_tx,
             stopped: stopped.clone(),
-            bytes_in: Arc::new(AtomicU64::new(0)),
         };
         let result = produce(&sink);
         drop(sink);
