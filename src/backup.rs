@@ -133,6 +133,7 @@ async fn run_volume(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
+    crate::sys::release_free_memory();
 
     tracing::info!(
         backup = %id,

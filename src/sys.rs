@@ -73,3 +73,17 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Gives memory the allocator holds but nobody uses back to the system.
+///
+/// glibc keeps what a thread frees in that thread's arena. After a backup's
+/// pipeline, its chunk buffers (about 100 MiB with both cores busy) would
+/// stay resident under the manifest and catalog work that follows, adding
+/// that work's memory on top of theirs for the peak.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

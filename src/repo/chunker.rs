@@ -59,7 +59,7 @@ impl Cutter {
     pub fn cut<E: From<std::io::Error>>(
         &mut self,
         mut reader: impl Read,
-        mut f: impl FnMut(Vec<u8>) -> Result<(), E>,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let mut total = 0u64;
         let mut filled = 0usize;
@@ -80,7 +80,7 @@ impl Cutter {
             let mut used = 0;
             match self.chunking {
                 Chunking::Fixed(_) => {
-                    f(data.to_vec())?;
+                    f(data)?;
                     used = filled;
                 }
                 Chunking::Cdc { seed } => {
@@ -99,7 +99,7 @@ impl Cutter {
                         if !eof && end == filled && chunk.length < CDC_MAX as usize {
                             break;
                         }
-                        f(data[chunk.offset..end].to_vec())?;
+                        f(&data[chunk.offset..end])?;
                         used = end;
                     }
                 }
@@ -119,7 +119,7 @@ mod tests {
         let mut out = Vec::new();
         Cutter::new(c)
             .cut::<std::io::Error>(data, |v| {
-                out.push(v);
+                out.push(v.to_vec());
                 Ok(())
             })
             .unwrap();
@@ -167,7 +167,7 @@ mod tests {
             let mut got = Vec::new();
             cutter
                 .cut::<std::io::Error>(Dribble(&data), |c| {
-                    got.push(c);
+                    got.push(c.to_vec());
                     Ok(())
                 })
                 .unwrap();

@@ -157,23 +157,45 @@ impl DataKey {
 
     /// `nonce ‖ ciphertext ‖ tag` of the concatenation of `parts`, bound to `id`.
     pub fn seal(&self, id: &ChunkId, parts: &[&[u8]]) -> Result<Vec<u8>> {
-        use chacha20poly1305::AeadInPlace;
+        self.seal_into(id, parts, Vec::new())
+    }
+
+    /// [`DataKey::seal`] into `out`, a buffer to reuse (its contents are
+    /// discarded).
+    pub fn seal_into(&self, id: &ChunkId, parts: &[&[u8]], mut out: Vec<u8>) -> Result<Vec<u8>> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(NONCE + len + TAG);
-        out.resize(NONCE, 0);
-        getrandom::fill(&mut out[..NONCE]).map_err(|e| {
-            Error::new(ErrorKind::Failed, format!("no randomness from the OS: {e}"))
-        })?;
+        DataKey::start_blob(&mut out);
+        out.reserve(len + TAG);
         for p in parts {
             out.extend_from_slice(p);
         }
+        self.seal_in_place(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Empties `out` and leaves room for the nonce: append the plaintext
+    /// after it, then call [`DataKey::seal_in_place`]. Lets a compressor
+    /// write straight into the blob, with no buffer and copy in between.
+    pub fn start_blob(out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(NONCE, 0);
+    }
+
+    /// Seals a blob begun with [`DataKey::start_blob`]: picks the nonce,
+    /// encrypts what follows it in place and appends the tag.
+    pub fn seal_in_place(&self, id: &ChunkId, out: &mut Vec<u8>) -> Result<()> {
+        use chacha20poly1305::AeadInPlace;
+        assert!(out.len() >= NONCE, "blob not started with start_blob");
+        getrandom::fill(&mut out[..NONCE]).map_err(|e| {
+            Error::new(ErrorKind::Failed, format!("no randomness from the OS: {e}"))
+        })?;
         let (nonce, body) = out.split_at_mut(NONCE);
         let tag = self
             .cipher()
             .encrypt_in_place_detached((&*nonce).into(), &id.0, body)
             .map_err(|_| Error::new(ErrorKind::Failed, "chunk encryption failed"))?;
         out.extend_from_slice(&tag);
-        Ok(out)
+        Ok(())
     }
 
     /// Opens a sealed blob of chunk `id`; `None` when it does not authenticate.

@@ -94,8 +94,13 @@ pub struct Scan {
 /// its own, so that two threads can read one large file. A segment boundary
 /// is a forced chunk boundary: at most one extra chunk per 64 MiB.
 const SEGMENT: u64 = 64 << 20;
-/// Threads reading (and cutting chunks) in parallel.
-const READERS: usize = 2;
+/// Threads reading (and cutting chunks) in parallel: one per two cores. A
+/// reader (read, find the cut points, copy out) keeps about two workers
+/// (hash, compress, encrypt) busy; on two cores a second reader bought no
+/// speed and cost 25 MiB of peak memory (its buffer and chunks in flight).
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 
 /// Part of a file to read: `length` bytes at `offset` of entry `entry`.
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +115,7 @@ struct Task {
 ///
 /// The walk (metadata, unchanged files resolved from `parent`, data extents
 /// of the rest) runs on the calling thread and hands segments of data to
-/// [`READERS`] threads as it finds them, so reading starts at once.
+/// [`readers`] threads as it finds them, so reading starts at once.
 pub fn read(
     source: &Source,
     parent: &HashMap<String, Stamp>,
@@ -128,7 +133,7 @@ pub fn read(
     let results: Mutex<HashMap<usize, Outcome>> = Mutex::new(HashMap::new());
     let pipeline_error: Mutex<Option<crate::Error>> = Mutex::new(None);
     let walked = std::thread::scope(|s| {
-        for _ in 0..READERS {
+        for _ in 0..readers() {
             s.spawn(|| {
                 let mut open: Option<(usize, File)> = None;
                 let mut cutter = Cutter::new(chunking);
@@ -263,7 +268,10 @@ fn read_task(
         seq += 1;
         progress(data.len() as u64);
         refs.push(Ref::Tag(tag));
-        sink.send(Job { tag, data }).map_err(ReadError::Pipeline)
+        let mut buf = sink.buffer();
+        buf.extend_from_slice(data);
+        sink.send(Job { tag, data: buf })
+            .map_err(ReadError::Pipeline)
     })?;
     if got != task.length {
         return Err(ReadError::Short);
