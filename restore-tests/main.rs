@@ -6,6 +6,8 @@ mod harness;
 
 mod catalog;
 mod cli;
+mod fault_proxy;
+mod s3;
 mod services;
 mod tree;
 mod volume;

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -52,6 +53,7 @@ pub async fn backup_volume(
     name: &str,
     source: Source,
     zstd_level: i32,
+    retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Summary> {
     let started = Instant::now();
@@ -83,6 +85,7 @@ pub async fn backup_volume(
         stamps,
         known,
         zstd_level,
+        retain_until,
         parent.as_ref().map(|p| p.id),
         progress,
     )
@@ -110,6 +113,7 @@ async fn run_volume(
     stamps: HashMap<String, Stamp>,
     known: HashSet<ChunkId>,
     zstd_level: i32,
+    retain_until: Option<DateTime<Utc>>,
     parent: Option<Uuid>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Summary> {
@@ -117,17 +121,11 @@ async fn run_volume(
     let (repo2, catalog2, source2) = (repo.clone(), catalog.clone(), source.clone());
     let repo_id = repo.config.id;
     let (mut scan, written, stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = |pack: &crate::repo::pack::SealedPack| {
-            handle.block_on(catalog2.record_pack(
-                repo_id,
-                &pack.key,
-                pack.bytes.len() as u64,
-                &pack.sha256,
-                &pack.index,
-            ))
+        let on_pack = |pack: &crate::repo::pack::SealedPack, meta: &crate::store::ObjectMeta| {
+            handle.block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
         };
         let seed = repo2.secret.chunker_seed();
-        write(&repo2, known, zstd_level, &on_pack, |sink| {
+        write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
             volume::read(&source2, &stamps, seed, sink, &*progress)
         })
     })
@@ -236,16 +234,33 @@ async fn run_volume(
         entries,
         chunks,
     };
+    // Everything the backup needs stays locked as long as the backup is kept:
+    // the packs it shares with older backups, the config and the keys.
+    let mut packs: Vec<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
+    packs.sort();
+    packs.dedup();
+    if let Some(until) = retain_until {
+        extend_locks(&repo, catalog, repo_id, &packs, until).await?;
+    }
     let sealed = manifest.seal(&repo.secret, repo.recipients()?);
     let key = manifest_key(id);
-    {
+    let sha = crate::store::sha256(&sealed);
+    let meta = {
         let (repo, key) = (repo.clone(), key.clone());
-        tokio::task::spawn_blocking(move || crate::repo::put(&*repo.store, &key, &sealed))
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Failed, "manifest upload panicked").with_source(e)
-            })??;
-    }
+        tokio::task::spawn_blocking(move || {
+            repo.store.put(
+                &key,
+                &sealed,
+                &crate::store::PutOptions {
+                    sha256: sha,
+                    retain_until,
+                },
+            )
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "manifest upload panicked").with_source(e))??
+    };
+    catalog.record_object(repo_id, &meta, &sha).await?;
 
     tracing::info!(backup = %id, key = %key, "manifest stored");
     let summary = summarize(id, status, parent, &manifest, &scan, &stats);
@@ -264,9 +279,57 @@ async fn run_volume(
         stats: &stats_json,
         error: error.as_deref(),
         parent,
+        retain_until,
+        packs: &packs,
     };
     catalog.finish_backup(id, &end, &items).await?;
     Ok(summary)
+}
+
+/// Makes the locks of `packs` (those the catalog knows as shorter), the
+/// repository config and its keys last until `until`. Extend-only: a lock is
+/// never shortened.
+async fn extend_locks(
+    repo: &Arc<Repository>,
+    catalog: &Catalog,
+    repo_id: Uuid,
+    packs: &[String],
+    until: DateTime<Utc>,
+) -> Result<()> {
+    let short = catalog.packs_locked_short(repo_id, packs, until).await?;
+    if !short.is_empty() {
+        tracing::info!(packs = short.len(), until = %until, "extending the locks of reused packs");
+    }
+    for (key, version) in short {
+        let store = repo.store.clone();
+        let k = key.clone();
+        let locked = tokio::task::spawn_blocking(move || {
+            store.extend_retention(&k, version.as_deref(), until)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
+        if let Some(end) = locked {
+            catalog.pack_locked_until(repo_id, &key, end).await?;
+        }
+    }
+    for key in [crate::repo::CONFIG_KEY, crate::repo::SECRET_KEY] {
+        let store = repo.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || -> Result<_> {
+            let Some(head) = store.head(key)? else {
+                return Ok(None);
+            };
+            let end = store.extend_retention(key, head.version_id.as_deref(), until)?;
+            let bytes = store.get(key)?;
+            Ok(Some((head, end, crate::store::sha256(&bytes))))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
+        if let Some((mut head, end, sha)) = recorded {
+            head.retain_until = end.or(head.retain_until);
+            catalog.record_object(repo_id, &head, &sha).await?;
+        }
+    }
+    Ok(())
 }
 
 fn summarize(

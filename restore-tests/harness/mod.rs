@@ -2,6 +2,7 @@
 //! prefix on the shared real services, so tests run in parallel without
 //! seeing each other, and a helper to run the real `drctl` binary.
 
+pub mod fault_proxy;
 mod services;
 
 use std::path::PathBuf;
@@ -99,6 +100,16 @@ pub fn drctl() -> Command {
     ] {
         cmd.env_remove(var);
     }
+    // The test S3 server's credentials, and nothing from this machine's AWS
+    // configuration (profiles, instance metadata).
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN");
     cmd
 }
 
@@ -175,16 +186,31 @@ pub struct VolumeEnv {
 
 impl VolumeEnv {
     pub async fn new() -> Self {
-        let db = database().await;
         let ws = Workspace::new();
+        let repo = format!("  local:\n    path: {}\n", ws.path("repo").display());
+        Self::with_repository(ws, &repo, &[]).await
+    }
+
+    /// A repository in `bucket` on the S3 server at `endpoint` (the test
+    /// server, or a proxy in front of it), locked for `retention_days`.
+    pub async fn s3(endpoint: &str, bucket: &str, retention_days: u32) -> Self {
+        let repo = format!(
+            "  s3:\n    endpoint: {endpoint}\n    bucket: {bucket}\n    force_path_style: true\n    \
+             retention_days: {retention_days}\n"
+        );
+        Self::with_repository(Workspace::new(), &repo, &[]).await
+    }
+
+    /// `repository:` is `repo` (indented YAML); `repo init` gets `init_args`.
+    pub async fn with_repository(ws: Workspace, repo: &str, init_args: &[&str]) -> Self {
+        let db = database().await;
         let identity = ws.path("identity.txt");
         let config = ws.write(
             "drctl.yaml",
             &format!(
-                "repository:\n  local:\n    path: {repo}\n\
+                "repository:\n{repo}\
                  catalog:\n  url: {url}\n\
                  encryption:\n  recipients: [{r}]\n  repository_secret_file: {secret}\n",
-                repo = ws.path("repo").display(),
                 url = db.url,
                 r = ws.recipient,
                 secret = ws.path("repo-secret.json").display(),
@@ -197,7 +223,9 @@ impl VolumeEnv {
             identity,
         };
         env.ok(&["catalog", "migrate"]);
-        env.ok(&["repo", "init"]);
+        let mut init = vec!["repo", "init"];
+        init.extend(init_args);
+        env.ok(&init);
         env
     }
 

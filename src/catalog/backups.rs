@@ -41,6 +41,10 @@ pub struct BackupEnd<'a> {
     pub error: Option<&'a str>,
     /// The backup this one was incremental to; its item rows are reused.
     pub parent: Option<Uuid>,
+    /// Objects the backup references stay locked at least this long.
+    pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The packs it references.
+    pub packs: &'a [String],
 }
 
 /// One item to record with a finished backup.
@@ -92,6 +96,8 @@ impl Catalog {
             stats,
             error,
             parent,
+            retain_until,
+            packs,
         } = *end;
         let mut tx = self.pool().begin().await.map_err(query_error)?;
         let (reused, sent): (Vec<&ItemRow>, Vec<&ItemRow>) = items
@@ -140,14 +146,24 @@ impl Catalog {
             .map_err(query_error)?;
         }
         sqlx::query(
+            "INSERT INTO backup_packs (backup_id, repository_id, pack_key) \
+             SELECT $1, repository_id, UNNEST($2::text[]) FROM backups WHERE id = $1",
+        )
+        .bind(id)
+        .bind(packs)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        sqlx::query(
             "UPDATE backups SET status = $2, manifest_key = $3, stats = $4, error = $5, \
-             finished_at = now() WHERE id = $1 AND status = 'running'",
+             retain_until = $6, finished_at = now() WHERE id = $1 AND status = 'running'",
         )
         .bind(id)
         .bind(status)
         .bind(manifest_key)
         .bind(stats)
         .bind(error)
+        .bind(retain_until)
         .execute(&mut *tx)
         .await
         .map_err(query_error)?;

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::repo::manifest::ChunkLocation;
 use crate::repo::pack::IndexEntry;
 use crate::repo::{ChunkId, RepoConfig};
+use crate::store::ObjectMeta;
 
 impl Catalog {
     /// Registers the repository (idempotent) and returns its id.
@@ -44,20 +45,23 @@ impl Catalog {
     pub async fn record_pack(
         &self,
         repo: Uuid,
-        key: &str,
-        size: u64,
+        meta: &ObjectMeta,
         sha256: &[u8; 32],
         index: &[IndexEntry],
     ) -> Result<()> {
+        let key = meta.key.as_str();
         let mut tx = self.pool().begin().await.map_err(query_error)?;
         sqlx::query(
-            "INSERT INTO packs (repository_id, key, size, sha256) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO packs (repository_id, key, size, sha256, version_id, lock_mode, retain_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(repo)
         .bind(key)
-        .bind(size as i64)
+        .bind(meta.size as i64)
         .bind(&sha256[..])
+        .bind(&meta.version_id)
+        .bind(&meta.lock_mode)
+        .bind(meta.retain_until)
         .execute(&mut *tx)
         .await
         .map_err(query_error)?;
@@ -80,6 +84,76 @@ impl Catalog {
         .await
         .map_err(query_error)?;
         tx.commit().await.map_err(query_error)
+    }
+
+    /// Records an object that is not a pack (config, keys, a manifest), or
+    /// its lock's new end.
+    pub async fn record_object(
+        &self,
+        repo: Uuid,
+        meta: &ObjectMeta,
+        sha256: &[u8; 32],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO objects (repository_id, key, size, sha256, version_id, lock_mode, retain_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (repository_id, key) DO UPDATE SET \
+               retain_until = GREATEST(objects.retain_until, EXCLUDED.retain_until), \
+               version_id = COALESCE(objects.version_id, EXCLUDED.version_id), \
+               lock_mode = COALESCE(objects.lock_mode, EXCLUDED.lock_mode)",
+        )
+        .bind(repo)
+        .bind(&meta.key)
+        .bind(meta.size as i64)
+        .bind(&sha256[..])
+        .bind(&meta.version_id)
+        .bind(&meta.lock_mode)
+        .bind(meta.retain_until)
+        .execute(self.pool())
+        .await
+        .map_err(query_error)?;
+        Ok(())
+    }
+
+    /// Of the packs `keys`, those locked for less than `until` (or with no
+    /// lock on record): key and version id.
+    pub async fn packs_locked_short(
+        &self,
+        repo: Uuid,
+        keys: &[String],
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        sqlx::query_as(
+            "SELECT key, version_id FROM packs WHERE repository_id = $1 AND key = ANY($2) \
+             AND (retain_until IS NULL OR retain_until < $3) ORDER BY key",
+        )
+        .bind(repo)
+        .bind(keys)
+        .bind(until)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)
+    }
+
+    /// Records that a pack's lock now lasts until `until` (never earlier
+    /// than recorded).
+    pub async fn pack_locked_until(
+        &self,
+        repo: Uuid,
+        key: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE packs SET retain_until = GREATEST(COALESCE(retain_until, $3), $3) \
+             WHERE repository_id = $1 AND key = $2",
+        )
+        .bind(repo)
+        .bind(key)
+        .bind(until)
+        .execute(self.pool())
+        .await
+        .map_err(query_error)?;
+        Ok(())
     }
 
     /// Locations of `ids`, in batches (not one query per chunk).

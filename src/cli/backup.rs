@@ -39,6 +39,26 @@ pub(crate) struct VolumeArgs {
     /// same name. Default: the last component of the path.
     #[arg(long)]
     name: Option<String>,
+    /// How long to keep this backup, and so how long its objects stay
+    /// locked: `90d`, `12h`, `30m`, `45s`. Default: repository.s3.retention_days
+    /// (a local repository has no locks and keeps backups until deleted).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retention: Option<chrono::Duration>,
+}
+
+/// `90d`, `12h`, `30m`, `45s`: a number and one unit.
+fn parse_duration(s: &str) -> std::result::Result<chrono::Duration, String> {
+    let bad = || format!("`{s}` is not a duration; write a number and a unit: 90d, 12h, 30m, 45s");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let d = match &s[split..] {
+        "d" => chrono::Duration::try_days(n),
+        "h" => chrono::Duration::try_hours(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "s" => chrono::Duration::try_seconds(n),
+        _ => None,
+    };
+    d.filter(|d| *d > chrono::Duration::zero()).ok_or_else(bad)
 }
 
 impl BackupCommand {
@@ -73,6 +93,15 @@ impl BackupCommand {
                     .repository
                     .zstd_level
                     .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL);
+                let retention = args.retention.or_else(|| {
+                    loaded
+                        .config
+                        .repository
+                        .s3
+                        .as_ref()
+                        .map(|s3| chrono::Duration::days(i64::from(s3.retention_days)))
+                });
+                let retain_until = retention.map(|d| chrono::Utc::now() + d);
                 let bar = super::progress::bytes(None, "read");
                 let b2 = bar.clone();
                 let summary = crate::backup::backup_volume(
@@ -81,6 +110,7 @@ impl BackupCommand {
                     &name,
                     source,
                     level,
+                    retain_until,
                     Arc::new(move |n| b2.inc(n)),
                 )
                 .await;

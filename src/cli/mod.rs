@@ -180,10 +180,7 @@ impl Context {
 fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     match config.repository.backend() {
         Backend::Local(local) => Ok(Arc::new(crate::store::local::LocalStore::new(&local.path))),
-        Backend::S3(_) => Err(Error::config(
-            "repository.s3 is not supported by this build yet; the S3 backend with Object Lock is the next step",
-        )
-        .with_guidance("use repository.local for now")),
+        Backend::S3(s3) => Ok(Arc::new(crate::store::s3::S3Store::connect(s3)?)),
     }
 }
 

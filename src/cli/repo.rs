@@ -18,6 +18,10 @@ pub(crate) enum RepoCommand {
         /// when it is set and does not exist yet.
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
+        /// Create the S3 bucket, with Object Lock and versioning, when it does
+        /// not exist.
+        #[arg(long)]
+        create_bucket: bool,
     },
     /// Show the repository's format, chunker and recipients.
     Info,
@@ -26,9 +30,29 @@ pub(crate) enum RepoCommand {
 impl RepoCommand {
     pub(crate) fn run(self, ctx: &Context, out: &Out) -> Result<()> {
         let loaded = ctx.load_config()?;
-        let store = super::open_store(&loaded.config)?;
+        let store = match (&self, loaded.config.repository.backend()) {
+            // A bucket is checked before anything is written to it.
+            (RepoCommand::Init { create_bucket, .. }, crate::config::Repository::S3(s3)) => {
+                let store = crate::store::s3::S3Store::connect(s3)?;
+                store.check_bucket(*create_bucket)?;
+                std::sync::Arc::new(store) as std::sync::Arc<dyn crate::store::Store>
+            }
+            (
+                RepoCommand::Init {
+                    create_bucket: true,
+                    ..
+                },
+                _,
+            ) => {
+                return Err(Error::config(
+                    "--create-bucket is for a repository in S3 (repository.s3)",
+                )
+                .with_guidance("a local repository's directory is created as needed"));
+            }
+            _ => super::open_store(&loaded.config)?,
+        };
         match self {
-            RepoCommand::Init { secret_file } => {
+            RepoCommand::Init { secret_file, .. } => {
                 let recipients = Recipients::parse(&loaded.config.encryption.recipients)?;
                 let secret_file = secret_file.or_else(|| {
                     loaded

@@ -218,6 +218,20 @@ pub fn pack_key(sha: &[u8; 32]) -> String {
     format!("packs/{}/{h}", &h[..2])
 }
 
+/// The version of `key` whose bytes match the key's hash, if any.
+fn original_version(store: &dyn Store, key: &str) -> Result<Option<(String, Vec<u8>)>> {
+    for v in store.versions(key)? {
+        let Some(version) = v.version_id else {
+            continue;
+        };
+        let bytes = store.get_version(key, &version)?;
+        if verify_pack(key, &bytes).is_ok() {
+            return Ok(Some((version, bytes)));
+        }
+    }
+    Ok(None)
+}
+
 /// Checks that `bytes` are the pack stored under `key`.
 fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
     if pack_key(&sha256(bytes)) != key {
@@ -267,9 +281,27 @@ pub struct OpenPack {
 }
 
 impl OpenPack {
+    /// Reads the pack `key` and checks it against its hash. On a versioned
+    /// bucket, a newer version put under the key (by someone holding write
+    /// access) does not match; the version that does is read instead, and
+    /// the replacement is reported.
     pub fn fetch(store: &dyn Store, key: &str, identity: &Identity) -> Result<Self> {
         let bytes = store.get(key)?;
-        verify_pack(key, &bytes)?;
+        let bytes = match verify_pack(key, &bytes) {
+            Ok(()) => bytes,
+            Err(e) => match original_version(store, key)? {
+                Some((version, bytes)) => {
+                    tracing::warn!(
+                        pack = %key,
+                        %version,
+                        "the newest version of this pack does not match its hash: it was replaced; \
+                         reading the original version"
+                    );
+                    bytes
+                }
+                None => return Err(e),
+            },
+        };
         let index = read_index(key, &bytes, identity)?;
         Ok(OpenPack {
             key: key.to_string(),

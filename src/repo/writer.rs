@@ -111,7 +111,7 @@ fn stopped_error() -> Error {
 }
 
 /// Called with each stored pack, to record it (in the catalog).
-pub type OnPack<'a> = dyn Fn(&SealedPack) -> Result<()> + Sync + 'a;
+pub type OnPack<'a> = dyn Fn(&SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync + 'a;
 
 /// Runs the pipeline with `produce` feeding it on the calling thread.
 /// Returns what `produce` returned, the id of every tagged chunk, and stats.
@@ -119,6 +119,7 @@ pub fn write<R: Send>(
     repo: &Repository,
     known: HashSet<ChunkId>,
     zstd_level: i32,
+    retain_until: Option<chrono::DateTime<chrono::Utc>>,
     on_pack: &OnPack<'_>,
     produce: impl FnOnce(&Sink) -> Result<R>,
 ) -> Result<(R, Vec<Written>, WriteStats)> {
@@ -229,7 +230,8 @@ pub fn write<R: Send>(
         });
         let (stats_ref, fail_ref) = (&stats, &fail);
         s.spawn(move || {
-            if let Err(e) = upload_stage(repo, pack_rx, spare_tx, on_pack, stats_ref) {
+            if let Err(e) = upload_stage(repo, pack_rx, spare_tx, retain_until, on_pack, stats_ref)
+            {
                 fail_ref(e);
             }
         });
@@ -296,19 +298,20 @@ fn upload_stage(
     repo: &Repository,
     packs: Receiver<SealedPack>,
     spare: SyncSender<Vec<u8>>,
+    retain_until: Option<chrono::DateTime<chrono::Utc>>,
     on_pack: &OnPack<'_>,
     stats: &Mutex<WriteStats>,
 ) -> Result<()> {
     for pack in packs {
-        repo.store.put(
+        let meta = repo.store.put(
             &pack.key,
             &pack.bytes,
             &PutOptions {
                 sha256: pack.sha256,
-                retain_until: None,
+                retain_until,
             },
         )?;
-        on_pack(&pack)?;
+        on_pack(&pack, &meta)?;
         let mut st = stats.lock().unwrap();
         st.packs += 1;
         st.stored_bytes += pack.bytes.len() as u64;
@@ -350,8 +353,8 @@ mod tests {
         fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
             self.inner.list(prefix)
         }
-        fn delete(&self, key: &str) -> Result<()> {
-            self.inner.delete(key)
+        fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
+            self.inner.delete(key, version)
         }
         fn location(&self) -> String {
             self.inner.location()
@@ -368,7 +371,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let recipients = crate::repo::Recipients::parse(&[id.to_public().to_string()]).unwrap();
         let repo = Repository::init(store, recipients).unwrap();
-        let result = write(&repo, HashSet::new(), 1, &|_| Ok(()), |sink| {
+        let result = write(&repo, HashSet::new(), 1, None, &|_, _| Ok(()), |sink| {
             // 200 distinct 1 MiB chunks: far more than the queues hold.
             for tag in 0..200u64 {
                 let data = crate::repo::test_noise(tag + 1, 1 << 20);

@@ -49,6 +49,7 @@ impl LocalStore {
             size: m.len(),
             version_id: None,
             retain_until: None,
+            lock_mode: None,
         }
     }
 }
@@ -138,6 +139,7 @@ impl Store for LocalStore {
             size: data.len() as u64,
             version_id: None,
             retain_until: None,
+            lock_mode: None,
         })
     }
 
@@ -179,7 +181,7 @@ impl Store for LocalStore {
         Ok(out)
     }
 
-    fn delete(&self, key: &str) -> Result<()> {
+    fn delete(&self, key: &str, _version: Option<&str>) -> Result<()> {
         let path = self.path(key)?;
         fs::remove_file(&path).map_err(|e| self.io_error(format!("cannot delete object {key}"), e))
     }
@@ -246,7 +248,17 @@ mod tests {
         // Around the 4 KiB alignment and the 1 MiB pieces of the direct write.
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::new(dir.path());
-        for len in [0, 1, 4095, 4096, 4097, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20] {
+        for len in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            (1 << 20) - 1,
+            1 << 20,
+            (1 << 20) + 1,
+            3 << 20,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let key = format!("packs/len-{len}");
             s.put(&key, &data, &opts(&data)).unwrap();

@@ -11,6 +11,7 @@
 //! that code straightforward. An async backend drives its own runtime.
 
 pub mod local;
+pub mod s3;
 
 use std::ops::Range;
 
@@ -35,6 +36,8 @@ pub struct ObjectMeta {
     /// The version written (S3 version id); `None` on unversioned stores.
     pub version_id: Option<String>,
     pub retain_until: Option<DateTime<Utc>>,
+    /// Object Lock mode (`COMPLIANCE`, `GOVERNANCE`); `None` without a lock.
+    pub lock_mode: Option<String>,
 }
 
 /// A place to keep objects. Keys are `/`-separated relative paths.
@@ -51,8 +54,32 @@ pub trait Store: Send + Sync {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
-    /// Deletes an object (garbage collection only; a locked object refuses).
-    fn delete(&self, key: &str) -> Result<()>;
+    /// Deletes an object, or one version of it (garbage collection only; a
+    /// locked object refuses).
+    fn delete(&self, key: &str, version: Option<&str>) -> Result<()>;
+    /// Reads one version of an object (on a versioned store; others have one).
+    fn get_version(&self, key: &str, version: &str) -> Result<Vec<u8>> {
+        let _ = version;
+        self.get(key)
+    }
+    /// Every version of the object `key`, newest first. Empty on stores
+    /// without versions.
+    fn versions(&self, key: &str) -> Result<Vec<ObjectMeta>> {
+        let _ = key;
+        Ok(Vec::new())
+    }
+    /// Makes the lock of an object (version) last at least until `until`,
+    /// never shortening it, and returns the lock's end. `None` on stores
+    /// without locks.
+    fn extend_retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let _ = (key, version, until);
+        Ok(None)
+    }
     /// Where this store is, for people and for the catalog
     /// (`file:///var/lib/drctl/repo`, `s3://bucket/prefix`).
     fn location(&self) -> String;
