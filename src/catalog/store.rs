@@ -115,6 +115,31 @@ impl Catalog {
         Ok(())
     }
 
+    /// Every object recorded for the repository, with the latest
+    /// retain-until of the usable backups that need it, sorted by key.
+    pub async fn recorded_objects(
+        &self,
+        repo: Uuid,
+    ) -> Result<Vec<crate::verify::storage::Recorded>> {
+        sqlx::query_as(
+            "SELECT p.key, p.size, p.sha256, p.version_id, p.lock_mode, p.retain_until, \
+               (SELECT max(b.retain_until) FROM backup_packs bp JOIN backups b ON b.id = bp.backup_id \
+                 WHERE bp.repository_id = p.repository_id AND bp.pack_key = p.key \
+                   AND b.status IN ('complete', 'partial')) AS needed_until \
+             FROM packs p WHERE p.repository_id = $1 \
+             UNION ALL \
+             SELECT o.key, o.size, o.sha256, o.version_id, o.lock_mode, o.retain_until, \
+               (SELECT max(b.retain_until) FROM backups b WHERE b.repository_id = o.repository_id \
+                 AND b.manifest_key = o.key AND b.status IN ('complete', 'partial')) \
+             FROM objects o WHERE o.repository_id = $1 \
+             ORDER BY 1",
+        )
+        .bind(repo)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)
+    }
+
     /// Of the packs `keys`, those locked for less than `until` (or with no
     /// lock on record): key and version id.
     pub async fn packs_locked_short(

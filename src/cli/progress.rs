@@ -29,6 +29,19 @@ pub(crate) fn bytes(total: Option<u64>, verb: &str) -> ProgressBar {
     bar
 }
 
+/// A counter of `total` things (objects, packs).
+pub(crate) fn count(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} (eta {{eta}})"))
+            .expect("valid template"),
+    );
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar
+}
+
 /// `1.5 GiB`-style sizes for summaries.
 pub(crate) fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()

@@ -11,11 +11,19 @@ pub(crate) struct VerifyArgs {
     /// chosen at random (`--read-data=10`).
     #[arg(long, value_name = "PCT", num_args = 0..=1, default_missing_value = "100")]
     read_data: Option<String>,
+    /// Check every stored object against the catalog instead: present in the
+    /// recorded version, same size and SHA-256, locked long enough, not
+    /// replaced. Needs no identity: an auditor's scrub.
+    #[arg(long, conflicts_with_all = ["backup", "read_data"])]
+    storage: bool,
 }
 
 impl VerifyArgs {
     pub(crate) fn run(self, ctx: &Context, out: &Out) -> Result<()> {
         let loaded = ctx.load_config()?;
+        if self.storage {
+            return verify_storage(ctx, &loaded, out);
+        }
         let share = match &self.read_data {
             None => None,
             Some(v) => {
@@ -82,4 +90,50 @@ impl VerifyArgs {
         }
         Ok(())
     }
+}
+
+fn verify_storage(ctx: &Context, loaded: &crate::config::Loaded, out: &Out) -> Result<()> {
+    let store = super::open_store(&loaded.config)?;
+    let config = crate::repo::read_config(&*store)?;
+    let handle = tokio::runtime::Handle::current();
+    let objects = handle.block_on(async {
+        let catalog = ctx.catalog(loaded).await?;
+        catalog.recorded_objects(config.id).await
+    })?;
+    if objects.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("the catalog records no object of repository {}", config.id),
+        )
+        .with_guidance(
+            "check catalog.url; after losing the catalog, run `drctl catalog rebuild`",
+        ));
+    }
+    let bar = super::progress::count(objects.len() as u64, "objects");
+    let report = crate::verify::storage::verify_storage(&*store, &objects, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = report?;
+    out.emit(&report, || {
+        let mut t = format!(
+            "checked {} object(s) of repository {}, read {}\n",
+            report.objects,
+            config.id,
+            super::progress::human(report.bytes_read)
+        );
+        for p in &report.problems {
+            t.push_str(&format!("PROBLEM {}: {}\n", p.key, p.problem));
+        }
+        if report.is_clean() {
+            t.push_str("every object is present, intact and locked long enough\n");
+        }
+        t
+    });
+    if !report.is_clean() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!("{} problem(s) with stored objects", report.problems.len()),
+        )
+        .with_guidance("each is listed above; a replaced or shortened object means the bucket's credentials were used against the backups"));
+    }
+    Ok(())
 }

@@ -57,6 +57,12 @@ pub trait Store: Send + Sync {
     /// Deletes an object, or one version of it (garbage collection only; a
     /// locked object refuses).
     fn delete(&self, key: &str, version: Option<&str>) -> Result<()>;
+    /// Metadata of one version of an object (on a versioned store; others
+    /// have one), `None` when absent.
+    fn head_version(&self, key: &str, version: &str) -> Result<Option<ObjectMeta>> {
+        let _ = version;
+        self.head(key)
+    }
     /// Reads one version of an object (on a versioned store; others have one).
     fn get_version(&self, key: &str, version: &str) -> Result<Vec<u8>> {
         let _ = version;

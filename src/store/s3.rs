@@ -420,6 +420,30 @@ impl S3Store {
             Ok(body.into_bytes().to_vec())
         })
     }
+
+    fn head_object(&self, key: &str, version: Option<&str>) -> Result<Option<ObjectMeta>> {
+        let full = self.full_key(key);
+        let out = self.call(async {
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .set_version_id(version.map(str::to_string))
+                .send()
+                .await
+        });
+        match out {
+            Ok(h) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: h.content_length().unwrap_or(0).max(0) as u64,
+                version_id: h.version_id().map(str::to_string),
+                retain_until: h.object_lock_retain_until_date().and_then(from_s3_time),
+                lock_mode: h.object_lock_mode().map(|m| m.as_str().to_string()),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(s3_error(e, format!("cannot read the metadata of {key}"))),
+        }
+    }
 }
 
 impl Drop for S3Store {
@@ -474,26 +498,11 @@ impl Store for S3Store {
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let full = self.full_key(key);
-        let out = self.call(async {
-            self.client
-                .head_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .send()
-                .await
-        });
-        match out {
-            Ok(h) => Ok(Some(ObjectMeta {
-                key: key.to_string(),
-                size: h.content_length().unwrap_or(0).max(0) as u64,
-                version_id: h.version_id().map(str::to_string),
-                retain_until: h.object_lock_retain_until_date().and_then(from_s3_time),
-                lock_mode: h.object_lock_mode().map(|m| m.as_str().to_string()),
-            })),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(s3_error(e, format!("cannot read the metadata of {key}"))),
-        }
+        self.head_object(key, None)
+    }
+
+    fn head_version(&self, key: &str, version: &str) -> Result<Option<ObjectMeta>> {
+        self.head_object(key, Some(version))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

@@ -7,6 +7,8 @@
 //! decompressed and checked against its id. A damaged pack is reported with
 //! the backups and files that need it.
 
+pub mod storage;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
