@@ -587,3 +587,108 @@ async fn storage_scrub_needs_no_identity_and_finds_tampering() {
     // The recorded version is still the one restores read.
     assert!(!pack_version.is_empty());
 }
+
+/// `backup delete` and expiry only take backups out of the catalog; `gc`
+/// then deletes their objects, but only once their locks have expired and
+/// never anything a live backup needs.
+#[tokio::test]
+async fn gc_deletes_only_unneeded_objects_whose_lock_expired() {
+    let bucket = harness::locked_bucket().await;
+    let env = VolumeEnv::s3(&services().s3_endpoint, &bucket.name, 1).await;
+    let dir = |name: &str, seed: u64| {
+        let d = env.ws.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data.bin"), noise(seed, 2 << 20)).unwrap();
+        d
+    };
+    let (a, b, c) = (dir("a", 41), dir("b", 42), dir("c", 43));
+    let backup = |d: &std::path::Path, name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "volume",
+            "--path",
+            d.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        args.extend(extra);
+        env.json(&args)
+    };
+    let ba = backup(&a, "a", &["--retention", "3s"]);
+    let bc = backup(&c, "c", &["--retention", "3s"]);
+    let bb = backup(&b, "b", &[]);
+    let packs_of = |id: &str| {
+        let id: uuid::Uuid = id.parse().unwrap();
+        let pool = env.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT pack_key FROM backup_packs WHERE backup_id = $1",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let a_packs = packs_of(ba["backup_id"].as_str().unwrap()).await;
+    let c_packs = packs_of(bc["backup_id"].as_str().unwrap()).await;
+    let b_packs = packs_of(bb["backup_id"].as_str().unwrap()).await;
+    assert!(!a_packs.is_empty() && !b_packs.is_empty() && !c_packs.is_empty());
+
+    env.ok(&["backup", "delete", ba["backup_id"].as_str().unwrap()]);
+    let listed = env.json(&["backup", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // Still locked: marked, not deleted.
+    let first = env.json(&["gc", "--grace", "0s"]);
+    assert_eq!(first["deleted"].as_array().unwrap().len(), 0, "{first}");
+    assert!(!first["locked"].as_array().unwrap().is_empty(), "{first}");
+
+    // Once the locks expire, a's objects go, and c's (expired) too.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let second = env.json(&["gc", "--grace", "0s"]);
+    let deleted: Vec<&str> = second["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(second["expired"].as_array().unwrap().len(), 1, "{second}");
+    for key in a_packs.iter().chain(&c_packs) {
+        assert!(
+            deleted.contains(&key.as_str()),
+            "{key} not deleted: {second}"
+        );
+        let versions = bucket
+            .client
+            .list_object_versions()
+            .bucket(&bucket.name)
+            .prefix(key)
+            .send()
+            .await
+            .unwrap();
+        assert!(versions.versions().is_empty(), "{key} still has versions");
+    }
+    for id in [&ba, &bc] {
+        let key = format!("manifests/{}", id["backup_id"].as_str().unwrap());
+        assert!(deleted.contains(&key.as_str()), "{key}: {second}");
+    }
+    // b is untouched and restores.
+    for key in &b_packs {
+        assert!(!deleted.contains(&key.as_str()));
+        bucket
+            .client
+            .head_object()
+            .bucket(&bucket.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    env.restore_equals(&bb, &b);
+    let listed = env.json(&["backup", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // Nothing left to do.
+    let third = env.json(&["gc", "--grace", "0s"]);
+    assert_eq!(third["deleted"].as_array().unwrap().len(), 0, "{third}");
+}

@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod keys;
 pub mod repo;
 pub mod restore;

@@ -196,7 +196,9 @@ impl Catalog {
             "SELECT ",
             columns!(),
             " FROM backups WHERE repository_id = $1 AND kind = $2 AND name = $3 \
-             AND status IN ('complete', 'partial') ORDER BY started_at DESC LIMIT 1"
+             AND status IN ('complete', 'partial') AND deleted_at IS NULL \
+             AND (retain_until IS NULL OR retain_until > now()) \
+             ORDER BY started_at DESC LIMIT 1"
         ))
         .bind(repo)
         .bind(kind)
@@ -219,7 +221,7 @@ impl Catalog {
         sqlx::query_as(concat!(
             "SELECT ",
             columns!(),
-            " FROM backups WHERE repository_id = $1 ORDER BY started_at"
+            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL ORDER BY started_at"
         ))
         .bind(repo)
         .fetch_all(self.pool())
@@ -232,7 +234,8 @@ impl Catalog {
         let rows: Vec<BackupRow> = sqlx::query_as(concat!(
             "SELECT ",
             columns!(),
-            " FROM backups WHERE repository_id = $1 AND id::text LIKE $2 || '%' LIMIT 2"
+            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+              AND id::text LIKE $2 || '%' LIMIT 2"
         ))
         .bind(repo)
         .bind(id.to_ascii_lowercase())

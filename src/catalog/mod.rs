@@ -7,6 +7,7 @@
 //! behind (it never migrates behind an operator's back) and says how to fix it.
 
 mod backups;
+mod gc;
 mod store;
 
 use std::time::Duration;

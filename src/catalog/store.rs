@@ -29,12 +29,14 @@ impl Catalog {
 
     /// Every chunk id the repository has: the dedup index, in one query.
     pub async fn known_chunks(&self, repo: Uuid) -> Result<HashSet<ChunkId>> {
-        let rows: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT id FROM chunks WHERE repository_id = $1")
-                .bind(repo)
-                .fetch_all(self.pool())
-                .await
-                .map_err(query_error)?;
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT id FROM chunks WHERE repository_id = $1 AND pack_key NOT IN \
+                 (SELECT key FROM gc_candidates WHERE repository_id = $1)",
+        )
+        .bind(repo)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
         Ok(rows
             .into_iter()
             .filter_map(|r| r.try_into().ok().map(ChunkId))

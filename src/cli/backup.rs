@@ -20,6 +20,12 @@ pub(crate) enum BackupCommand {
         /// Backup id (or a unique prefix).
         backup: String,
     },
+    /// Delete a backup from the catalog. Its objects stay, locked, until
+    /// `drctl gc` finds nothing else needs them and their locks expired.
+    Delete {
+        /// Backup id (or a unique prefix).
+        backup: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -46,8 +52,18 @@ pub(crate) struct VolumeArgs {
     retention: Option<chrono::Duration>,
 }
 
+/// Like [`parse_duration`], and `0s` is allowed.
+pub(crate) fn parse_duration_or_zero(s: &str) -> std::result::Result<chrono::Duration, String> {
+    if s.strip_suffix(['s', 'm', 'h', 'd'])
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
+    {
+        return Ok(chrono::Duration::zero());
+    }
+    parse_duration(s)
+}
+
 /// `90d`, `12h`, `30m`, `45s`: a number and one unit.
-fn parse_duration(s: &str) -> std::result::Result<chrono::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> std::result::Result<chrono::Duration, String> {
     let bad = || format!("`{s}` is not a duration; write a number and a unit: 90d, 12h, 30m, 45s");
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let n: i64 = s[..split].parse().map_err(|_| bad())?;
@@ -155,6 +171,17 @@ impl BackupCommand {
                         ));
                     }
                     t
+                });
+                Ok(())
+            }
+            BackupCommand::Delete { backup } => {
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let row = catalog.delete_backup(repo.id, &backup).await?;
+                out.emit(&serde_json::json!({"deleted": row.id}), || {
+                    format!(
+                        "deleted backup {} from the catalog; `drctl gc` removes its objects once nothing needs them and their locks expired\n",
+                        row.id
+                    )
                 });
                 Ok(())
             }

@@ -6,6 +6,7 @@
 mod backup;
 mod catalog;
 mod config;
+mod gc;
 mod key;
 mod output;
 mod progress;
@@ -85,6 +86,8 @@ enum Command {
     Restore(restore::RestoreCommand),
     /// Check that the repository holds what the backups need.
     Verify(verify::VerifyArgs),
+    /// Delete what no live backup needs, once its lock has expired.
+    Gc(gc::GcArgs),
 }
 
 /// Entry point of the `drctl` binary.
@@ -140,6 +143,7 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Backup(cmd) => cmd.run(&ctx, out).await,
         Command::Restore(cmd) => blocking(move || cmd.run(&ctx, out)),
         Command::Verify(cmd) => blocking(move || cmd.run(&ctx, out)),
+        Command::Gc(cmd) => cmd.run(&ctx, out).await,
     }
 }
 

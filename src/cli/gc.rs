@@ -1,0 +1,65 @@
+use clap::Args;
+
+use super::{Context, Out};
+use crate::error::{Error, ErrorKind, Result};
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// How long an object stays marked before it may be deleted: `1h`,
+    /// `30m`, `0s`. A longer grace gives backups that started before the
+    /// marking more time to finish.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::backup::parse_duration_or_zero)]
+    grace: chrono::Duration,
+}
+
+impl GcArgs {
+    pub(crate) async fn run(self, ctx: &Context, out: &Out) -> Result<()> {
+        let loaded = ctx.load_config()?;
+        let catalog = ctx.catalog(&loaded).await?;
+        let store = super::open_store(&loaded.config)?;
+        let s = store.clone();
+        let config = tokio::task::spawn_blocking(move || crate::repo::read_config(&*s))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Failed, "reading the config panicked").with_source(e)
+            })??;
+        let report = crate::gc::gc(store, &catalog, config.id, self.grace).await?;
+        out.emit(&report, || {
+            let mut t = format!(
+                "expired {} backup(s); marked {} object(s), unmarked {}; deleted {} object(s), {} freed\n",
+                report.expired.len(),
+                report.marked,
+                report.unmarked,
+                report.deleted.len(),
+                super::progress::human(report.freed_bytes)
+            );
+            if !report.locked.is_empty() {
+                let first = report.locked.iter().map(|l| l.until).min().expect("not empty");
+                t.push_str(&format!(
+                    "{} object(s) wait for their lock to expire (the first at {first})\n",
+                    report.locked.len()
+                ));
+            }
+            if report.waiting > 0 {
+                t.push_str(&format!(
+                    "{} object(s) are within the grace period or held by a running backup\n",
+                    report.waiting
+                ));
+            }
+            for f in &report.failed {
+                t.push_str(&format!("FAILED to delete {}: {}\n", f.key, f.error));
+            }
+            t
+        });
+        if !report.failed.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Partial,
+                format!("{} object(s) could not be deleted", report.failed.len()),
+            )
+            .with_guidance(
+                "they are no longer in the catalog and no backup needs them; delete them by hand or leave them",
+            ));
+        }
+        Ok(())
+    }
+}

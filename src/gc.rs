@@ -1,0 +1,132 @@
+//! `drctl gc`: deletes what no live backup needs, in two phases.
+//!
+//! Mark: backups past their retain-until are expired (deleted from the
+//! catalog), and every pack and manifest no live backup references is
+//! marked. Marked packs stop being offered to new backups for dedup.
+//!
+//! Sweep: an object marked at least the grace period ago is deleted when no
+//! backup that was already running at its marking still runs (such a backup
+//! may have chosen its chunks before they were marked) and its lock has
+//! expired. It is forgotten by the catalog first, under the same advisory
+//! lock as the marking, and only then deleted from the store: a new backup
+//! can never pick a chunk that is about to disappear. Every version of the
+//! key goes, including any a writer slipped on top of it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::Store;
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Backups past their retain-until, deleted in this run.
+    pub expired: Vec<Uuid>,
+    pub marked: u64,
+    pub unmarked: u64,
+    /// Objects deleted from the store.
+    pub deleted: Vec<String>,
+    pub freed_bytes: u64,
+    /// Marked objects whose lock has not expired yet: deleted by a later run.
+    pub locked: Vec<Locked>,
+    /// Marked objects within the grace period, or held by a running backup.
+    pub waiting: u64,
+    /// Objects forgotten by the catalog that the store refused to delete.
+    pub failed: Vec<Failed>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Locked {
+    pub key: String,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failed {
+    pub key: String,
+    pub error: String,
+}
+
+/// Runs both phases for repository `repo`.
+pub async fn gc(
+    store: Arc<dyn Store>,
+    catalog: &Catalog,
+    repo: Uuid,
+    grace: chrono::Duration,
+) -> Result<GcReport> {
+    let marked = catalog.gc_mark(repo).await?;
+    let mut report = GcReport {
+        expired: marked.expired,
+        marked: marked.marked,
+        unmarked: marked.unmarked,
+        ..GcReport::default()
+    };
+    let (ready, waiting) = catalog.sweepable(repo, grace).await?;
+    report.waiting = waiting;
+    for obj in ready {
+        // The store's lock is the truth; the catalog's date is a shortcut.
+        let now = Utc::now();
+        if let Some(until) = obj.retain_until.filter(|u| *u > now) {
+            report.locked.push(Locked {
+                key: obj.key,
+                until,
+            });
+            continue;
+        }
+        let (s, key, version) = (store.clone(), obj.key.clone(), obj.version_id.clone());
+        let head = blocking(move || match &version {
+            Some(v) => s.head_version(&key, v),
+            None => s.head(&key),
+        })
+        .await?;
+        if let Some(until) = head
+            .as_ref()
+            .and_then(|h| h.retain_until)
+            .filter(|u| *u > now)
+        {
+            report.locked.push(Locked {
+                key: obj.key,
+                until,
+            });
+            continue;
+        }
+        if !catalog.gc_forget(repo, &obj.key).await? {
+            report.unmarked += 1;
+            continue;
+        }
+        let (s, key) = (store.clone(), obj.key.clone());
+        let deleted = blocking(move || -> Result<()> {
+            let versions = s.versions(&key)?;
+            if versions.is_empty() {
+                return s.delete(&key, None);
+            }
+            for v in versions {
+                s.delete(&key, v.version_id.as_deref())?;
+            }
+            Ok(())
+        })
+        .await;
+        match deleted {
+            Ok(()) => {
+                tracing::info!(key = %obj.key, "deleted");
+                report.freed_bytes += obj.size.max(0) as u64;
+                report.deleted.push(obj.key);
+            }
+            Err(e) => report.failed.push(Failed {
+                key: obj.key,
+                error: e.report(),
+            }),
+        }
+    }
+    Ok(report)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "a storage call panicked").with_source(e))?
+}
