@@ -255,7 +255,7 @@ impl S3Store {
                     .bytes()
                     .map(String::from_utf8_lossy)
                     .unwrap_or_default();
-                tracing::debug!(error = ?e, "versioning answer not understood by the SDK; reading it directly");
+                tracing::debug!(code = ?e.code(), "versioning answer not understood by the SDK; reading it directly");
                 body.split_once("<Status>")
                     .and_then(|(_, rest)| rest.split_once("</Status>"))
                     .map(|(s, _)| s.to_string())
@@ -417,7 +417,8 @@ impl S3Store {
                 )
                 .with_source(e)
             })?;
-            Ok(body.into_bytes().to_vec())
+            // No copy: the buffer the body was collected into becomes the Vec.
+            Ok(Vec::from(body.into_bytes()))
         })
     }
 
