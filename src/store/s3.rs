@@ -607,32 +607,23 @@ impl Store for S3Store {
         version: Option<&str>,
         until: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>> {
-        let full = self.full_key(key);
-        let head = self
-            .call(async {
-                self.client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .set_version_id(version.map(str::to_string))
-                    .send()
-                    .await
-            })
-            .map_err(|e| s3_error(e, format!("cannot read the lock of {key}")))?;
-        let current = head.object_lock_retain_until_date().and_then(from_s3_time);
+        let Some(head) = self.head_object(key, version)? else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("cannot extend the lock of {key}: it does not exist"),
+            ));
+        };
+        let current = head.retain_until;
         // Extend only: the test server lets COMPLIANCE locks be shortened,
         // S3 does not, and drctl never asks.
         if current.is_some_and(|c| c >= until) {
             return Ok(current);
         }
-        let mode = match head.object_lock_mode() {
-            Some(ObjectLockMode::Governance) => ObjectLockRetentionMode::Governance,
-            Some(ObjectLockMode::Compliance) => ObjectLockRetentionMode::Compliance,
-            _ => match self.mode {
-                LockMode::Compliance => ObjectLockRetentionMode::Compliance,
-                LockMode::Governance => ObjectLockRetentionMode::Governance,
-            },
+        let mode = match head.lock_mode.as_deref().unwrap_or(self.lock_mode().as_str()) {
+            "GOVERNANCE" => ObjectLockRetentionMode::Governance,
+            _ => ObjectLockRetentionMode::Compliance,
         };
+        let full = self.full_key(key);
         self.call(async {
             self.client
                 .put_object_retention()
