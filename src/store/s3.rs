@@ -619,7 +619,11 @@ impl Store for S3Store {
         if current.is_some_and(|c| c >= until) {
             return Ok(current);
         }
-        let mode = match head.lock_mode.as_deref().unwrap_or(self.lock_mode().as_str()) {
+        let mode = match head
+            .lock_mode
+            .as_deref()
+            .unwrap_or(self.lock_mode().as_str())
+        {
             "GOVERNANCE" => ObjectLockRetentionMode::Governance,
             _ => ObjectLockRetentionMode::Compliance,
         };
