@@ -7,6 +7,7 @@ mod harness;
 mod catalog;
 mod cli;
 mod fault_proxy;
+mod rebuild;
 mod s3;
 mod services;
 mod tree;

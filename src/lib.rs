@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod gc;
 pub mod keys;
+pub mod rebuild;
 pub mod repo;
 pub mod restore;
 pub mod source;

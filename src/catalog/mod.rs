@@ -8,6 +8,7 @@
 
 mod backups;
 mod gc;
+pub mod rebuild;
 mod store;
 
 use std::time::Duration;

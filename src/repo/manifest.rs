@@ -86,6 +86,15 @@ pub struct Entry {
     /// Data regions of a file; the rest of `size` is holes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extents: Vec<Extent>,
+    /// Change time (nanoseconds since the epoch) and inode number when it
+    /// was backed up: what the next incremental compares besides size and
+    /// mtime. Not restored; kept so that a catalog rebuilt from manifests
+    /// (`drctl catalog rebuild`) keeps backups incremental. Absent in
+    /// manifests written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

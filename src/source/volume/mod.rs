@@ -317,6 +317,8 @@ fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
         target: None,
         xattrs: Vec::new(),
         extents: Vec::new(),
+        ctime_ns: Some(ctime_ns(m)),
+        ino: Some(m.ino()),
     }
 }
 

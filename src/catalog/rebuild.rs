@@ -1,0 +1,236 @@
+//! The SQL of `drctl catalog rebuild` ([`crate::rebuild`]): rows read back
+//! from the bucket, merged into the catalog without duplicating or changing
+//! what it already holds.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Catalog, ItemRow, query_error};
+use crate::error::Result;
+use crate::repo::pack::IndexEntry;
+use crate::store::ObjectMeta;
+
+/// A backup as its manifest describes it, for [`Catalog::rebuild_backup`].
+pub struct RebuiltBackup<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub name: &'a str,
+    /// `complete` or `partial`.
+    pub status: &'a str,
+    pub parent: Option<Uuid>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// The lock of the manifest object (`None` without locks).
+    pub retain_until: Option<DateTime<Utc>>,
+    pub manifest_key: &'a str,
+    pub stats: &'a serde_json::Value,
+    pub error: Option<&'a str>,
+    /// The packs it references (only packs the catalog has are linked).
+    pub packs: &'a [String],
+}
+
+/// The garbage-collection lock of a repository, held by a rebuild for as
+/// long as it runs (see [`Catalog::hold_gc_lock`]).
+pub struct GcLock(Option<sqlx::PgConnection>);
+
+impl GcLock {
+    /// Releases the lock. Dropping it does too: the connection closes, and
+    /// PostgreSQL releases the session's locks.
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(mut conn) = self.0.take() {
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut conn)
+                .await
+                .map_err(query_error)?;
+            sqlx::Connection::close(conn).await.map_err(query_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl Catalog {
+    /// Takes the repository's garbage-collection lock for a session: `gc`
+    /// (marking, forgetting) waits until it is released.
+    /// A rebuild records packs before the backups that reference them; a
+    /// `gc` in between would see those packs unreferenced and, on a store
+    /// without locks, could delete them. The key is the one `gc` takes per
+    /// transaction (`catalog::gc`); session and transaction advisory locks on
+    /// one key exclude each other. Waits while a `gc` transaction runs.
+    pub async fn hold_gc_lock(&self, repo: Uuid) -> Result<GcLock> {
+        let mut conn = self.pool().acquire().await.map_err(query_error)?.detach();
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1::text, 7342))")
+            .bind(repo)
+            .execute(&mut conn)
+            .await
+            .map_err(query_error)?;
+        Ok(GcLock(Some(conn)))
+    }
+
+    /// Ids of the backups the catalog has for `repo`, whatever their status.
+    pub async fn backup_ids(&self, repo: Uuid) -> Result<HashSet<Uuid>> {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM backups WHERE repository_id = $1")
+            .bind(repo)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error)?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Records a pack found in the bucket and the chunks of its (verified)
+    /// index, in one transaction. A pack the catalog has already keeps its
+    /// row; only a later lock end, or a version or lock mode it lacked, is
+    /// taken from the bucket. Chunks it has already keep their location.
+    /// Returns the number of chunk rows added.
+    pub async fn rebuild_pack(
+        &self,
+        repo: Uuid,
+        meta: &ObjectMeta,
+        sha256: &[u8; 32],
+        index: &[IndexEntry],
+    ) -> Result<u64> {
+        let key = meta.key.as_str();
+        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        sqlx::query(
+            "INSERT INTO packs (repository_id, key, size, sha256, version_id, lock_mode, retain_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (repository_id, key) DO UPDATE SET \
+               retain_until = GREATEST(packs.retain_until, EXCLUDED.retain_until), \
+               version_id = COALESCE(packs.version_id, EXCLUDED.version_id), \
+               lock_mode = COALESCE(packs.lock_mode, EXCLUDED.lock_mode)",
+        )
+        .bind(repo)
+        .bind(key)
+        .bind(meta.size as i64)
+        .bind(&sha256[..])
+        .bind(&meta.version_id)
+        .bind(&meta.lock_mode)
+        .bind(meta.retain_until)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let mut added = 0;
+        for batch in index.chunks(10_000) {
+            let ids: Vec<Vec<u8>> = batch.iter().map(|e| e.id.0.to_vec()).collect();
+            let offsets: Vec<i32> = batch.iter().map(|e| e.offset as i32).collect();
+            let lengths: Vec<i32> = batch.iter().map(|e| e.length as i32).collect();
+            let raws: Vec<i32> = batch.iter().map(|e| e.raw_length as i32).collect();
+            added += sqlx::query(
+                "INSERT INTO chunks (repository_id, id, pack_key, pack_offset, stored_length, raw_length) \
+                 SELECT $1, u.id, $2, u.o, u.l, u.r \
+                 FROM UNNEST($3::bytea[], $4::int[], $5::int[], $6::int[]) AS u(id, o, l, r) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(repo)
+            .bind(key)
+            .bind(&ids)
+            .bind(&offsets)
+            .bind(&lengths)
+            .bind(&raws)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(added)
+    }
+
+    /// Records a backup read from its manifest, with its items and the packs
+    /// it references, in one transaction, unless the catalog has a backup
+    /// with this id already (then nothing is changed and `false` returned).
+    /// A parent the catalog does not have is recorded as none.
+    pub async fn rebuild_backup(
+        &self,
+        repo: Uuid,
+        b: &RebuiltBackup<'_>,
+        items: &[ItemRow],
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let inserted = sqlx::query(
+            "INSERT INTO backups (id, repository_id, kind, name, status, parent_id, started_at, \
+               finished_at, retain_until, manifest_key, stats, error) \
+             VALUES ($1, $2, $3, $4, $5, \
+               (SELECT id FROM backups WHERE id = $6 AND repository_id = $2), \
+               $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(b.id)
+        .bind(repo)
+        .bind(b.kind)
+        .bind(b.name)
+        .bind(b.status)
+        .bind(b.parent)
+        .bind(b.started_at)
+        .bind(b.finished_at)
+        .bind(b.retain_until)
+        .bind(b.manifest_key)
+        .bind(b.stats)
+        .bind(b.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await.map_err(query_error)?;
+            return Ok(false);
+        }
+        for batch in items.chunks(5_000) {
+            let names: Vec<&str> = batch.iter().map(|i| i.item.as_str()).collect();
+            let types: Vec<&str> = batch.iter().map(|i| i.item_type.as_str()).collect();
+            let sizes: Vec<i64> = batch.iter().map(|i| i.size).collect();
+            let attrs: Vec<serde_json::Value> = batch.iter().map(|i| i.attrs.clone()).collect();
+            sqlx::query(
+                "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(b.id)
+            .bind(&names)
+            .bind(&types)
+            .bind(&sizes)
+            .bind(&attrs)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        }
+        sqlx::query(LINK_PACKS)
+            .bind(b.id)
+            .bind(repo)
+            .bind(b.packs)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(true)
+    }
+
+    /// Links a usable, not deleted backup the catalog has to those of
+    /// `packs` it is not linked to yet (and the catalog has). Adds rows only.
+    pub async fn link_backup_packs(
+        &self,
+        repo: Uuid,
+        backup: Uuid,
+        packs: &[String],
+    ) -> Result<u64> {
+        Ok(sqlx::query(LINK_PACKS)
+            .bind(backup)
+            .bind(repo)
+            .bind(packs)
+            .execute(self.pool())
+            .await
+            .map_err(query_error)?
+            .rows_affected())
+    }
+}
+
+/// `backup_packs` rows for backup `$1` of repository `$2` and the packs `$3`
+/// that the catalog has, when the backup is usable and not deleted (gc
+/// unlinks deleted backups from their packs).
+const LINK_PACKS: &str = "INSERT INTO backup_packs (backup_id, repository_id, pack_key) \
+     SELECT $1, $2, k FROM UNNEST($3::text[]) AS k \
+     WHERE EXISTS (SELECT 1 FROM packs p WHERE p.repository_id = $2 AND p.key = k) \
+       AND EXISTS (SELECT 1 FROM backups b WHERE b.id = $1 AND b.repository_id = $2 \
+         AND b.status IN ('complete', 'partial') AND b.deleted_at IS NULL) \
+     ON CONFLICT DO NOTHING";
