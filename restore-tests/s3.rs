@@ -692,3 +692,60 @@ async fn gc_deletes_only_unneeded_objects_whose_lock_expired() {
     let third = env.json(&["gc", "--grace", "0s"]);
     assert_eq!(third["deleted"].as_array().unwrap().len(), 0, "{third}");
 }
+
+/// Large objects go up in parts, and keep every rule of a single put: the
+/// checksum, the lock, and put-once.
+#[tokio::test]
+async fn multipart_uploads_are_locked_checked_and_put_once() {
+    use ::drctl::store::{PutOptions, Store as _, sha256};
+    let bucket = harness::locked_bucket().await;
+    let cfg: drctl::config::S3Config = serde_yaml_ng::from_str(&format!(
+        "endpoint: {}\nbucket: {}\nforce_path_style: true\n",
+        services().s3_endpoint,
+        bucket.name
+    ))
+    .unwrap();
+    let store = ::drctl::store::s3::S3Store::with_client(harness::s3_client(), &cfg)
+        .unwrap()
+        .with_multipart_threshold(1 << 20);
+    // Two parts: 16 MiB and 4 MiB.
+    let data = noise(61, 20 << 20);
+    let until = Utc::now() + chrono::Duration::hours(3);
+    let (meta, again, read) = tokio::task::spawn_blocking(move || {
+        let opts = PutOptions {
+            sha256: sha256(&data),
+            retain_until: Some(until),
+        };
+        let meta = store.put("manifests/big", &data, &opts).unwrap();
+        let again = store.put("manifests/big", &data, &opts).unwrap_err();
+        let read = store.get("manifests/big").unwrap();
+        assert!(read == data, "the object reads back as written");
+        (meta, again, read.len())
+    })
+    .await
+    .unwrap();
+    assert_eq!(read, 20 << 20);
+    assert!(meta.version_id.is_some());
+    assert!(again.what().contains("exists already"), "{again:?}");
+    let head = bucket
+        .client
+        .head_object()
+        .bucket(&bucket.name)
+        .key("manifests/big")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
+    assert!(
+        to_chrono(head.object_lock_retain_until_date().unwrap())
+            >= until - chrono::Duration::seconds(1)
+    );
+    let versions = bucket
+        .client
+        .list_object_versions()
+        .bucket(&bucket.name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.versions().len(), 1, "the second put wrote nothing");
+}

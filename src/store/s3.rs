@@ -470,7 +470,12 @@ impl Store for S3Store {
         let until_s3 = to_s3_time(until);
         let full = self.full_key(key);
         let version = if data.len() > self.multipart_threshold {
-            self.put_multipart(&full, data, until_s3)?
+            let version = self.put_multipart(&full, data, until_s3)?;
+            // The lock requested when the upload started is checked on the
+            // object it became, and set if the server left it off (moto does;
+            // S3 does not): no object drctl writes goes unlocked.
+            self.extend_retention(key, version.as_deref(), until)?;
+            version
         } else {
             self.put_single(&full, data, &b64(&opts.sha256), until_s3)?
         };
