@@ -410,15 +410,21 @@ impl S3Store {
                     }
                     _ => s3_error(e, format!("cannot read object {key}")),
                 })?;
-            let body = out.body.collect().await.map_err(|e| {
+            // Into one buffer of the announced size as the body streams in:
+            // collecting first and joining after would hold a pack twice.
+            let mut data = Vec::with_capacity(out.content_length().unwrap_or(0).max(0) as usize);
+            let mut body = out.body;
+            let broke = |e: aws_sdk_s3::primitives::ByteStreamError| {
                 Error::new(
                     ErrorKind::Unavailable,
                     format!("reading object {key} broke off"),
                 )
                 .with_source(e)
-            })?;
-            // No copy: the buffer the body was collected into becomes the Vec.
-            Ok(Vec::from(body.into_bytes()))
+            };
+            while let Some(piece) = body.try_next().await.map_err(broke)? {
+                data.extend_from_slice(&piece);
+            }
+            Ok(data)
         })
     }
 
