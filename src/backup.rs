@@ -122,7 +122,9 @@ async fn run_volume(
     let repo_id = repo.config.id;
     let (mut scan, written, stats) = tokio::task::spawn_blocking(move || {
         let on_pack = |pack: &crate::repo::pack::SealedPack, meta: &crate::store::ObjectMeta| {
-            handle.block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
+            handle
+                .block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
+                .map(drop)
         };
         let seed = repo2.secret.chunker_seed();
         write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {

@@ -229,7 +229,7 @@ async fn rebuild_packs(
                         let key = object.key;
                         let outcome = read_pack(&*repo2.store, identity, &key).and_then(|p| {
                             let added = handle.block_on(
-                                catalog2.rebuild_pack(repo_id, &p.meta, &p.sha256, &p.index),
+                                catalog2.record_pack(repo_id, &p.meta, &p.sha256, &p.index),
                             )?;
                             Ok(PackOutcome::Recorded {
                                 chunks: p.index.len() as u64,

@@ -9,8 +9,6 @@ use uuid::Uuid;
 
 use super::{Catalog, ItemRow, query_error};
 use crate::error::Result;
-use crate::repo::pack::IndexEntry;
-use crate::store::ObjectMeta;
 
 /// A backup as its manifest describes it, for [`Catalog::rebuild_backup`].
 pub struct RebuiltBackup<'a> {
@@ -76,65 +74,6 @@ impl Catalog {
             .await
             .map_err(query_error)?;
         Ok(ids.into_iter().collect())
-    }
-
-    /// Records a pack found in the bucket and the chunks of its (verified)
-    /// index, in one transaction. A pack the catalog has already keeps its
-    /// row; only a later lock end, or a version or lock mode it lacked, is
-    /// taken from the bucket. Chunks it has already keep their location.
-    /// Returns the number of chunk rows added.
-    pub async fn rebuild_pack(
-        &self,
-        repo: Uuid,
-        meta: &ObjectMeta,
-        sha256: &[u8; 32],
-        index: &[IndexEntry],
-    ) -> Result<u64> {
-        let key = meta.key.as_str();
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
-        sqlx::query(
-            "INSERT INTO packs (repository_id, key, size, sha256, version_id, lock_mode, retain_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (repository_id, key) DO UPDATE SET \
-               retain_until = GREATEST(packs.retain_until, EXCLUDED.retain_until), \
-               version_id = COALESCE(packs.version_id, EXCLUDED.version_id), \
-               lock_mode = COALESCE(packs.lock_mode, EXCLUDED.lock_mode)",
-        )
-        .bind(repo)
-        .bind(key)
-        .bind(meta.size as i64)
-        .bind(&sha256[..])
-        .bind(&meta.version_id)
-        .bind(&meta.lock_mode)
-        .bind(meta.retain_until)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_error)?;
-        let mut added = 0;
-        for batch in index.chunks(10_000) {
-            let ids: Vec<Vec<u8>> = batch.iter().map(|e| e.id.0.to_vec()).collect();
-            let offsets: Vec<i32> = batch.iter().map(|e| e.offset as i32).collect();
-            let lengths: Vec<i32> = batch.iter().map(|e| e.length as i32).collect();
-            let raws: Vec<i32> = batch.iter().map(|e| e.raw_length as i32).collect();
-            added += sqlx::query(
-                "INSERT INTO chunks (repository_id, id, pack_key, pack_offset, stored_length, raw_length) \
-                 SELECT $1, u.id, $2, u.o, u.l, u.r \
-                 FROM UNNEST($3::bytea[], $4::int[], $5::int[], $6::int[]) AS u(id, o, l, r) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(repo)
-            .bind(key)
-            .bind(&ids)
-            .bind(&offsets)
-            .bind(&lengths)
-            .bind(&raws)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error)?
-            .rows_affected();
-        }
-        tx.commit().await.map_err(query_error)?;
-        Ok(added)
     }
 
     /// Records a backup read from its manifest, with its items and the packs
