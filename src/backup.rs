@@ -208,10 +208,7 @@ async fn run_volume(
         items.push(ItemRow {
             from_parent: scan.unchanged.contains(&e.path),
             item: e.path.clone(),
-            item_type: serde_json::to_value(e.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            item_type: e.kind.as_str().to_string(),
             size: e.size as i64,
             attrs,
         });

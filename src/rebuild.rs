@@ -554,10 +554,7 @@ fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
         .map(|e| ItemRow {
             from_parent: false,
             item: e.path.clone(),
-            item_type: serde_json::to_value(e.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            item_type: e.kind.as_str().to_string(),
             size: e.size as i64,
             attrs: match e.kind {
                 EntryKind::File => stamp(e, &m.chunks, packs),
@@ -588,7 +585,7 @@ fn stamp(e: &Entry, chunks: &[ChunkLocation], packs: &HashSet<String>) -> serde_
         .iter()
         .flat_map(|x| &x.chunks)
         .all(|&c| packs.contains(&chunks[c as usize].pack));
-    match change_stamp(e).filter(|_| stored) {
+    match e.ctime_ns.zip(e.ino).filter(|_| stored) {
         Some((ctime_ns, ino)) => serde_json::to_value(Stamp {
             size: e.size,
             mtime_ns: e.mtime_ns,
@@ -603,13 +600,6 @@ fn stamp(e: &Entry, chunks: &[ChunkLocation], packs: &HashSet<String>) -> serde_
             "extents": extents,
         }),
     }
-}
-
-/// `(ctime_ns, ino)` of an entry, read from its serialised form so that
-/// manifests with and without these fields are handled alike.
-fn change_stamp(e: &Entry) -> Option<(i64, u64)> {
-    let v = serde_json::to_value(e).ok()?;
-    Some((v.get("ctime_ns")?.as_i64()?, v.get("ino")?.as_u64()?))
 }
 
 /// The stats of a rebuilt backup: what its manifest tells (the run's own

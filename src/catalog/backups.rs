@@ -126,25 +126,7 @@ impl Catalog {
                 to_send.extend(reused);
             }
         }
-        for batch in to_send.chunks(5_000) {
-            let names: Vec<&str> = batch.iter().map(|i| i.item.as_str()).collect();
-            let types: Vec<&str> = batch.iter().map(|i| i.item_type.as_str()).collect();
-            let sizes: Vec<i64> = batch.iter().map(|i| i.size).collect();
-            let attrs: Vec<serde_json::Value> = batch.iter().map(|i| i.attrs.clone()).collect();
-            sqlx::query(
-                "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(&names)
-            .bind(&types)
-            .bind(&sizes)
-            .bind(&attrs)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error)?;
-        }
+        insert_items(&mut tx, id, &to_send).await?;
         sqlx::query(
             "INSERT INTO backup_packs (backup_id, repository_id, pack_key) \
              SELECT $1, repository_id, UNNEST($2::text[]) FROM backups WHERE id = $1",
@@ -255,4 +237,33 @@ impl Catalog {
             ),
         }
     }
+}
+
+/// Inserts item rows of backup `id` in batches (rows it has already stay).
+pub(super) async fn insert_items<T: std::borrow::Borrow<ItemRow>>(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    items: &[T],
+) -> Result<()> {
+    for batch in items.chunks(5_000) {
+        let rows = || batch.iter().map(|i| i.borrow());
+        let names: Vec<&str> = rows().map(|i| i.item.as_str()).collect();
+        let types: Vec<&str> = rows().map(|i| i.item_type.as_str()).collect();
+        let sizes: Vec<i64> = rows().map(|i| i.size).collect();
+        let attrs: Vec<&serde_json::Value> = rows().map(|i| &i.attrs).collect();
+        sqlx::query(
+            "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(&names)
+        .bind(&types)
+        .bind(&sizes)
+        .bind(&attrs)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+    }
+    Ok(())
 }

@@ -115,25 +115,7 @@ impl Catalog {
             tx.rollback().await.map_err(query_error)?;
             return Ok(false);
         }
-        for batch in items.chunks(5_000) {
-            let names: Vec<&str> = batch.iter().map(|i| i.item.as_str()).collect();
-            let types: Vec<&str> = batch.iter().map(|i| i.item_type.as_str()).collect();
-            let sizes: Vec<i64> = batch.iter().map(|i| i.size).collect();
-            let attrs: Vec<serde_json::Value> = batch.iter().map(|i| i.attrs.clone()).collect();
-            sqlx::query(
-                "INSERT INTO backup_items (backup_id, item, item_type, size, attrs) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::jsonb[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(b.id)
-            .bind(&names)
-            .bind(&types)
-            .bind(&sizes)
-            .bind(&attrs)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error)?;
-        }
+        super::backups::insert_items(&mut tx, b.id, items).await?;
         sqlx::query(LINK_PACKS)
             .bind(b.id)
             .bind(repo)

@@ -65,6 +65,19 @@ pub enum EntryKind {
     Block,
 }
 
+impl EntryKind {
+    /// The name it has in manifests and in the catalog's `item_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Dir => "dir",
+            EntryKind::File => "file",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Hardlink => "hardlink",
+            EntryKind::Block => "block",
+        }
+    }
+}
+
 /// One entry of a volume tree. Paths are relative and escaped
 /// ([`crate::source::volume::escape`]) so non-UTF-8 names survive.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,4 +196,17 @@ fn mac(secret: &RepoSecret, id: Uuid, body: &[u8]) -> [u8; 32] {
     input.extend_from_slice(id.as_bytes());
     input.extend_from_slice(body);
     secret.manifest_mac(&input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EntryKind;
+
+    #[test]
+    fn kind_names_are_the_serialised_ones() {
+        use EntryKind::*;
+        for k in [Dir, File, Symlink, Hardlink, Block] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
 }
