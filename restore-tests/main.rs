@@ -6,6 +6,7 @@ mod harness;
 
 mod catalog;
 mod cli;
+mod etcd;
 mod fault_proxy;
 mod rebuild;
 mod s3;

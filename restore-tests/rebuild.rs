@@ -439,6 +439,7 @@ async fn forged_manifests_are_reported_and_left_out() {
         problems: vec![],
         entries: vec![],
         chunks: vec![],
+        etcd: None,
     };
     let forged_key = format!("manifests/{forged_id}");
     std::fs::write(

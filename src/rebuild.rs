@@ -549,6 +549,9 @@ fn started_at(id: Uuid) -> Option<DateTime<Utc>> {
 /// no stamp, so the next backup reads it again and stores what was lost
 /// instead of referring to chunks the catalog does not have.
 fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
+    if let (Some(info), [entry]) = (&m.etcd, m.entries.as_slice()) {
+        return vec![crate::backup::etcd::item(entry.size, info)];
+    }
     m.entries
         .iter()
         .map(|e| ItemRow {

@@ -2,7 +2,9 @@
 //! prefix on the shared real services, so tests run in parallel without
 //! seeing each other, and a helper to run the real `drctl` binary.
 
+pub mod etcd;
 pub mod fault_proxy;
+pub mod flip_proxy;
 mod services;
 
 use std::path::PathBuf;

@@ -45,9 +45,10 @@ pub struct Cli {
     #[arg(long, global = true, env = ENV_CONFIG, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Output format: text for people, json for scripts.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
-    output: Format,
+    /// Output format: text for people, json for scripts. (`--format`, not
+    /// `--output`: `restore etcd --output FILE` names a file.)
+    #[arg(short = 'o', long = "format", global = true, value_enum, default_value_t = Format::Text)]
+    format: Format,
 
     /// age identity file, for commands that decrypt (restore, verify).
     /// Overrides encryption.identity_file and DRCTL_IDENTITY_FILE.
@@ -94,7 +95,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let out = Out::new(cli.output);
+    let out = Out::new(cli.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -44,7 +44,37 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// Every chunk the entries reference; entries point into this list.
     pub chunks: Vec<ChunkLocation>,
+    /// What an etcd backup recorded about its snapshot, so that a drill
+    /// can prove a restore equal with the catalog gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSnapshot>,
 }
+
+/// An etcd snapshot as backed up: the member it came from and what a member
+/// started on the restored file must answer. The snapshot is stored whole,
+/// SHA-256 trailer included, as the single entry `snapshot.db`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdSnapshot {
+    pub endpoint: String,
+    /// Member id in hex, as `etcdctl member list` prints it.
+    pub member_id: String,
+    /// etcd's version on that member.
+    pub version: String,
+    /// The snapshot's revision (from its own pages, see
+    /// `source::etcd::bbolt`), and its compaction revision.
+    pub revision: i64,
+    pub compact_revision: Option<i64>,
+    /// Keys at `revision`; `None` when a compaction during the backup
+    /// made it unreadable.
+    pub key_count: Option<i64>,
+    /// `HashKV` at `revision`; `None` as for `key_count`.
+    pub hash_kv: Option<u32>,
+    /// Size of the bbolt file, without the 32-byte trailer.
+    pub db_size: u64,
+}
+
+/// The name of an etcd backup's one entry.
+pub const SNAPSHOT_ENTRY: &str = "snapshot.db";
 
 /// A path that could not be backed up, and why.
 #[derive(Debug, Clone, Serialize, Deserialize)]

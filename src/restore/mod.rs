@@ -2,4 +2,5 @@
 //! its SHA-256 key before use, every chunk against its keyed id after
 //! decryption and decompression; nothing unverified reaches the target.
 
+pub mod etcd;
 pub mod volume;

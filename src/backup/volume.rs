@@ -1,11 +1,5 @@
-//! Backup runs: the catalog bookkeeping around the write pipeline.
-//!
-//! A backup is `running` in the catalog from its first byte; it becomes
-//! `complete` (or `partial`, when some paths could not be read) only after
-//! its manifest is stored, in the same transaction that records its items.
-//! Any error before that marks it `failed`; a process killed outright leaves
-//! it `running`, never usable. Packs stored before a failure stay recorded, so
-//! the next backup reuses them.
+//! Volume backups: a directory tree or a block image, incremental against
+//! the previous backup of the same volume.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,9 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::catalog::{BackupEnd, Catalog, ItemRow};
+use crate::catalog::{Catalog, ItemRow};
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{ChunkLocation, Extent, Manifest, manifest_key};
+use crate::repo::manifest::{Extent, Manifest};
 use crate::repo::writer::{WriteStats, write};
 use crate::repo::{ChunkId, Repository};
 use crate::source::volume::{self, Ref, Source, Stamp, StampExtent};
@@ -76,31 +70,28 @@ pub async fn backup_volume(
         .await?;
     tracing::info!(backup = %id, %name, source = %source.path().display(), "backup started");
 
-    let run = run_volume(
-        repo.clone(),
+    let run = super::or_fail(
         catalog,
         id,
-        name,
-        &source,
-        stamps,
-        known,
-        zstd_level,
-        retain_until,
-        parent.as_ref().map(|p| p.id),
-        progress,
+        run_volume(
+            repo.clone(),
+            catalog,
+            id,
+            name,
+            &source,
+            stamps,
+            known,
+            zstd_level,
+            retain_until,
+            parent.as_ref().map(|p| p.id),
+            progress,
+        ),
     )
     .await;
-    match run {
-        Ok(mut summary) => {
-            summary.seconds = started.elapsed().as_secs_f64();
-            tracing::info!(backup = %id, status = %summary.status, "backup finished");
-            Ok(summary)
-        }
-        Err(e) => {
-            let _ = catalog.fail_backup(id, &e.report()).await;
-            Err(e)
-        }
-    }
+    let mut summary = run?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(backup = %id, status = %summary.status, "backup finished");
+    Ok(summary)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,19 +152,7 @@ async fn run_volume(
             }
         }
     }
-    let locations = catalog.chunk_locations(repo_id, &order).await?;
-    let chunks: Vec<ChunkLocation> = order
-        .iter()
-        .map(|id| {
-            locations.get(id).cloned().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    format!("chunk {} is referenced but not stored", id.to_hex()),
-                )
-                .with_guidance("the catalog lost a chunk record; run `drctl verify`")
-            })
-        })
-        .collect::<Result<_>>()?;
+    let chunks = super::locate(catalog, repo_id, &order).await?;
 
     let mut entries = std::mem::take(&mut scan.entries);
     let mut items = Vec::with_capacity(entries.len());
@@ -232,36 +211,8 @@ async fn run_volume(
         problems: scan.problems.clone(),
         entries,
         chunks,
+        etcd: None,
     };
-    // Everything the backup needs stays locked as long as the backup is kept:
-    // the packs it shares with older backups, the config and the keys.
-    let mut packs: Vec<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
-    packs.sort();
-    packs.dedup();
-    if let Some(until) = retain_until {
-        extend_locks(&repo, catalog, repo_id, &packs, until).await?;
-    }
-    let sealed = manifest.seal(&repo.secret, repo.recipients()?);
-    let key = manifest_key(id);
-    let sha = crate::store::sha256(&sealed);
-    let meta = {
-        let (repo, key) = (repo.clone(), key.clone());
-        tokio::task::spawn_blocking(move || {
-            repo.store.put(
-                &key,
-                &sealed,
-                &crate::store::PutOptions {
-                    sha256: sha,
-                    retain_until,
-                },
-            )
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Failed, "manifest upload panicked").with_source(e))??
-    };
-    catalog.record_object(repo_id, &meta, &sha).await?;
-
-    tracing::info!(backup = %id, key = %key, "manifest stored");
     let summary = summarize(id, status, parent, &manifest, &scan, &stats);
     let error = (!scan.problems.is_empty()).then(|| {
         format!(
@@ -272,63 +223,17 @@ async fn run_volume(
         )
     });
     let stats_json = serde_json::to_value(&summary).expect("summary serialises");
-    let end = BackupEnd {
-        status,
-        manifest_key: &key,
-        stats: &stats_json,
-        error: error.as_deref(),
-        parent,
+    super::seal_and_finish(
+        &repo,
+        catalog,
+        manifest,
+        &items,
+        &stats_json,
+        error.as_deref(),
         retain_until,
-        packs: &packs,
-    };
-    catalog.finish_backup(id, &end, &items).await?;
+    )
+    .await?;
     Ok(summary)
-}
-
-/// Makes the locks of `packs` (those the catalog knows as shorter), the
-/// repository config and its keys last until `until`. Extend-only: a lock is
-/// never shortened.
-async fn extend_locks(
-    repo: &Arc<Repository>,
-    catalog: &Catalog,
-    repo_id: Uuid,
-    packs: &[String],
-    until: DateTime<Utc>,
-) -> Result<()> {
-    let short = catalog.packs_locked_short(repo_id, packs, until).await?;
-    if !short.is_empty() {
-        tracing::info!(packs = short.len(), until = %until, "extending the locks of reused packs");
-    }
-    for (key, version) in short {
-        let store = repo.store.clone();
-        let k = key.clone();
-        let locked = tokio::task::spawn_blocking(move || {
-            store.extend_retention(&k, version.as_deref(), until)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
-        if let Some(end) = locked {
-            catalog.pack_locked_until(repo_id, &key, end).await?;
-        }
-    }
-    for key in [crate::repo::CONFIG_KEY, crate::repo::SECRET_KEY] {
-        let store = repo.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || -> Result<_> {
-            let Some(head) = store.head(key)? else {
-                return Ok(None);
-            };
-            let end = store.extend_retention(key, head.version_id.as_deref(), until)?;
-            let bytes = store.get(key)?;
-            Ok(Some((head, end, crate::store::sha256(&bytes))))
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
-        if let Some((mut head, end, sha)) = recorded {
-            head.retain_until = end.or(head.retain_until);
-            catalog.record_object(repo_id, &head, &sha).await?;
-        }
-    }
-    Ok(())
 }
 
 fn summarize(

@@ -1,0 +1,221 @@
+//! A throwaway etcd of a test's own, for tests that need a whole keyspace
+//! (the shared etcd is split by key prefix, and a snapshot is of everything).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+
+/// An etcd process on loopback, killed on drop.
+pub struct Etcd {
+    pub client_url: String,
+    pub log: PathBuf,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+/// The path of `etcd`, or a failure that names the package.
+pub fn etcd_binary() -> PathBuf {
+    which("etcd").unwrap_or_else(|| {
+        panic!("etcd not found on PATH: install the Debian package `etcd-server` (./scripts/setup does)")
+    })
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+impl Etcd {
+    /// A new single-member cluster with an empty keyspace.
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let name = "drctl-t".to_string();
+        let cluster = format!("{name}={peer_url}");
+        let mut etcd = Self::spawn(
+            &name,
+            &dir.path().join("data"),
+            &peer_url,
+            &cluster,
+            dir.path(),
+            &[],
+        );
+        etcd._dir = Some(dir);
+        etcd
+    }
+
+    /// etcd on a data directory made by `snapshot restore` for member
+    /// `name` at `peer_url` (in `cluster`), logging into `log_dir`.
+    pub fn start_on(data_dir: &Path, name: &str, peer_url: &str, log_dir: &Path) -> Etcd {
+        let cluster = format!("{name}={peer_url}");
+        Self::spawn(name, data_dir, peer_url, &cluster, log_dir, &[])
+    }
+
+    /// etcd with extra flags (TLS, quotas, another cluster layout).
+    pub fn spawn(
+        name: &str,
+        data_dir: &Path,
+        peer_url: &str,
+        cluster: &str,
+        log_dir: &Path,
+        extra: &[String],
+    ) -> Etcd {
+        let tls = extra.iter().any(|a| a == "--cert-file");
+        let client_url = format!(
+            "{}://127.0.0.1:{}",
+            if tls { "https" } else { "http" },
+            free_port()
+        );
+        let log = log_dir.join(format!("etcd-{name}-{}.log", free_port()));
+        let file = std::fs::File::create(&log).expect("create the etcd log");
+        let mut cmd = Command::new(etcd_binary());
+        cmd.args(["--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", peer_url])
+            .args(["--initial-advertise-peer-urls", peer_url])
+            .args(["--initial-cluster", cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--log-outputs", "stderr"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        kill_with_test(&mut cmd);
+        let child = cmd.spawn().expect("start etcd");
+        Etcd {
+            client_url,
+            log,
+            child,
+            _dir: None,
+        }
+    }
+
+    /// Waits until a status call answers (and, with `leader`, a leader is
+    /// elected).
+    pub async fn ready(&mut self, leader: bool) -> &mut Self {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "etcd exited ({status}):\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if let Ok(mut c) = self.try_client().await
+                && let Ok(s) = c.status().await
+                && (!leader || s.leader() != 0)
+            {
+                return self;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {} did not answer within 30 s:\n{}",
+                self.client_url,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_client(&self) -> Result<Client, etcd_client::Error> {
+        Client::connect(
+            [self.client_url.as_str()],
+            Some(
+                etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(30)),
+            ),
+        )
+        .await
+    }
+
+    pub async fn client(&self) -> Client {
+        self.try_client().await.expect("connect to the test etcd")
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child gets SIGKILL when the test's thread ends, however it ends.
+#[allow(unsafe_code)]
+fn kill_with_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// One key as etcd keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// Every key at `revision` (0: now), in key order, read in pages (a large
+/// keyspace does not fit one gRPC message).
+pub async fn keyspace(c: &mut Client, revision: i64) -> (i64, Vec<Kv>) {
+    let mut out = Vec::new();
+    let mut from = vec![0u8];
+    let mut rev = revision;
+    loop {
+        let mut opts = GetOptions::new().with_range(vec![0u8]).with_limit(64);
+        if rev > 0 {
+            opts = opts.with_revision(rev);
+        }
+        let resp = c.get(from.clone(), Some(opts)).await.expect("range");
+        if rev == 0 {
+            rev = resp.header().unwrap().revision();
+        }
+        for kv in resp.kvs() {
+            out.push(Kv {
+                key: kv.key().to_vec(),
+                value: kv.value().to_vec(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+                version: kv.version(),
+                lease: kv.lease(),
+            });
+        }
+        if !resp.more() {
+            return (rev, out);
+        }
+        from = resp.kvs().last().unwrap().key().to_vec();
+        from.push(0);
+    }
+}

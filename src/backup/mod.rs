@@ -1,0 +1,163 @@
+//! Backup runs: the catalog bookkeeping around the write pipeline.
+//!
+//! A backup is `running` in the catalog from its first byte; it becomes
+//! `complete` (or `partial`, when some paths could not be read) only after
+//! its manifest is stored, in the same transaction that records its items.
+//! Any error before that marks it `failed`; a process killed outright leaves
+//! it `running`, never usable. Packs stored before a failure stay recorded, so
+//! the next backup reuses them.
+//!
+//! Each source has its module ([`volume`], [`etcd`]) that reads it through
+//! the pipeline and builds the manifest; [`seal_and_finish`] is the shared
+//! end: locks, manifest, catalog.
+
+pub mod etcd;
+pub mod volume;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::catalog::{BackupEnd, Catalog, ItemRow};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::manifest::{ChunkLocation, Manifest, manifest_key};
+use crate::repo::{ChunkId, Repository};
+
+pub use etcd::{EtcdSummary, backup_etcd};
+pub use volume::{Summary, backup_volume};
+
+/// Runs `body` for backup `id`, marking the backup failed when it fails.
+async fn or_fail<T>(
+    catalog: &Catalog,
+    id: Uuid,
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match body.await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = catalog.fail_backup(id, &e.report()).await;
+            Err(e)
+        }
+    }
+}
+
+/// Where each of `order` is stored, from the catalog; a chunk the pipeline
+/// wrote but the catalog lacks is an integrity error, never a dangling
+/// manifest.
+async fn locate(catalog: &Catalog, repo_id: Uuid, order: &[ChunkId]) -> Result<Vec<ChunkLocation>> {
+    let locations: HashMap<ChunkId, ChunkLocation> =
+        catalog.chunk_locations(repo_id, order).await?;
+    order
+        .iter()
+        .map(|id| {
+            locations.get(id).cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!("chunk {} is referenced but not stored", id.to_hex()),
+                )
+                .with_guidance("the catalog lost a chunk record; run `drctl verify`")
+            })
+        })
+        .collect()
+}
+
+/// The shared end of a backup: everything it references is locked until
+/// `retain_until` (the packs it shares with older backups, the config and the
+/// keys), its manifest is stored (locked too), and the catalog marks it
+/// usable with its items in one transaction.
+async fn seal_and_finish(
+    repo: &Arc<Repository>,
+    catalog: &Catalog,
+    manifest: Manifest,
+    items: &[ItemRow],
+    stats: &serde_json::Value,
+    error: Option<&str>,
+    retain_until: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let repo_id = manifest.repository_id;
+    let id = manifest.backup_id;
+    let mut packs: Vec<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
+    packs.sort();
+    packs.dedup();
+    if let Some(until) = retain_until {
+        extend_locks(repo, catalog, repo_id, &packs, until).await?;
+    }
+    let sealed = manifest.seal(&repo.secret, repo.recipients()?);
+    let key = manifest_key(id);
+    let sha = crate::store::sha256(&sealed);
+    let meta = {
+        let (repo, key) = (repo.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            repo.store.put(
+                &key,
+                &sealed,
+                &crate::store::PutOptions {
+                    sha256: sha,
+                    retain_until,
+                },
+            )
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "manifest upload panicked").with_source(e))??
+    };
+    catalog.record_object(repo_id, &meta, &sha).await?;
+    tracing::info!(backup = %id, key = %key, "manifest stored");
+    let end = BackupEnd {
+        status: &manifest.status,
+        manifest_key: &key,
+        stats,
+        error,
+        parent: manifest.parent,
+        retain_until,
+        packs: &packs,
+    };
+    catalog.finish_backup(id, &end, items).await
+}
+
+/// Makes the locks of `packs` (those the catalog knows as shorter), the
+/// repository config and its keys last until `until`. Extend-only: a lock is
+/// never shortened.
+async fn extend_locks(
+    repo: &Arc<Repository>,
+    catalog: &Catalog,
+    repo_id: Uuid,
+    packs: &[String],
+    until: DateTime<Utc>,
+) -> Result<()> {
+    let short = catalog.packs_locked_short(repo_id, packs, until).await?;
+    if !short.is_empty() {
+        tracing::info!(packs = short.len(), until = %until, "extending the locks of reused packs");
+    }
+    for (key, version) in short {
+        let store = repo.store.clone();
+        let k = key.clone();
+        let locked = tokio::task::spawn_blocking(move || {
+            store.extend_retention(&k, version.as_deref(), until)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
+        if let Some(end) = locked {
+            catalog.pack_locked_until(repo_id, &key, end).await?;
+        }
+    }
+    for key in [crate::repo::CONFIG_KEY, crate::repo::SECRET_KEY] {
+        let store = repo.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || -> Result<_> {
+            let Some(head) = store.head(key)? else {
+                return Ok(None);
+            };
+            let end = store.extend_retention(key, head.version_id.as_deref(), until)?;
+            let bytes = store.get(key)?;
+            Ok(Some((head, end, crate::store::sha256(&bytes))))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
+        if let Some((mut head, end, sha)) = recorded {
+            head.retain_until = end.or(head.retain_until);
+            catalog.record_object(repo_id, &head, &sha).await?;
+        }
+    }
+    Ok(())
+}
