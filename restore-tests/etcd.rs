@@ -99,7 +99,10 @@ async fn load(c: &mut Client) {
 
 /// A local repository with an `etcd:` section for `endpoints`.
 async fn env_for(endpoints: &[&str]) -> VolumeEnv {
-    let env = VolumeEnv::new().await;
+    with_etcd(VolumeEnv::new().await, endpoints)
+}
+
+fn with_etcd(env: VolumeEnv, endpoints: &[&str]) -> VolumeEnv {
     let mut config = std::fs::read_to_string(&env.config).unwrap();
     config.push_str(&format!(
         "etcd:\n  endpoints: [{}]\n  insecure: true\n",
@@ -557,4 +560,232 @@ async fn members_that_cannot_be_backed_up_are_named_with_the_reason() {
     let (out, _, stderr) = harness::run(&mut env.cmd(&["backup", "etcd"]));
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("no `etcd:` section"), "{stderr}");
+}
+
+/// `openssl` with `args`, in `dir`; fails the test with its output.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(which("openssl").expect("openssl on PATH (Debian package openssl)"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA named `name` in `dir`, and a certificate it signs for `leaf` with
+/// the extensions `ext` (an openssl extfile line).
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "2",
+        ],
+    );
+}
+
+fn signed(dir: &Path, ca: &str, leaf: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{leaf}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{leaf}.key"),
+            "-out",
+            &format!("{leaf}.csr"),
+            "-subj",
+            &format!("/CN={leaf}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{leaf}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{leaf}.crt"),
+            "-extfile",
+            &format!("{leaf}.ext"),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn tls_failures_name_the_file_and_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    ca(d, "other-ca");
+    signed(
+        d,
+        "ca",
+        "server",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    signed(d, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    let p = |f: &str| d.join(f).display().to_string();
+    let peer = free_peer_url();
+    let mut etcd = Etcd::spawn(
+        "tls",
+        &d.join("data"),
+        &peer,
+        &format!("tls={peer}"),
+        d,
+        &[
+            "--cert-file".into(),
+            p("server.crt"),
+            "--key-file".into(),
+            p("server.key"),
+            "--trusted-ca-file".into(),
+            p("ca.crt"),
+            "--client-cert-auth".into(),
+            "--test-client-cert".into(),
+            p("client.crt"),
+            "--test-client-key".into(),
+            p("client.key"),
+        ],
+    );
+    etcd.ready(true).await;
+    let env = VolumeEnv::new().await;
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    let configure = |ca: &str, cert: &str, key: &str| {
+        let mut c = base.clone();
+        c.push_str(&format!(
+            "etcd:\n  endpoints: [{}]\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n",
+            etcd.client_url,
+            p(ca),
+            p(cert),
+            p(key)
+        ));
+        std::fs::write(&env.config, c).unwrap();
+    };
+
+    // The right files: a backup over TLS with a client certificate.
+    configure("ca.crt", "client.crt", "client.key");
+    let s = env.json(&["backup", "etcd"]);
+    assert_eq!(s["status"], "complete", "{s}");
+    assert!(s["endpoint"].as_str().unwrap().starts_with("https://"));
+
+    // A CA that did not sign the server: which file, which check.
+    configure("other-ca.crt", "client.crt", "client.key");
+    let (out, _, stderr) = harness::run(&mut env.cmd(&["backup", "etcd"]));
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("not signed by etcd.ca_file") && stderr.contains(&p("other-ca.crt")),
+        "{stderr}"
+    );
+
+    // A key given as the certificate: refused by name before connecting.
+    configure("ca.crt", "client.key", "client.key");
+    let (out, _, stderr) = harness::run(&mut env.cmd(&["backup", "etcd"]));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("etcd.cert_file") && stderr.contains("holds no PEM CERTIFICATE"),
+        "{stderr}"
+    );
+    let key = std::fs::read_to_string(d.join("client.key")).unwrap();
+    let lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    harness::assert_no_secret(&stderr, &lines);
+
+    // A client certificate etcd does not trust (signed by another CA).
+    signed(d, "other-ca", "stranger", "extendedKeyUsage=clientAuth\n");
+    configure("ca.crt", "stranger.crt", "stranger.key");
+    let (out, _, stderr) = harness::run(&mut env.cmd(&["backup", "etcd"]));
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        // Refused in the handshake (an alert) or at the first request (a
+        // closed connection, with TLS 1.3): the error names the file either way.
+        stderr.contains("client certificate")
+            && stderr.contains(&format!("etcd.cert_file {}", p("stranger.crt"))),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_etcd_backup_in_s3_is_locked_and_verifies() {
+    let mut etcd = Etcd::start();
+    etcd.ready(true).await;
+    let mut live = etcd.client().await;
+    put_all(
+        &mut live,
+        (0..200).map(|i| (key(i), bytes(i as u64, 3000))).collect(),
+    )
+    .await;
+    let bucket = harness::locked_bucket().await;
+    let env = VolumeEnv::s3(&harness::services().s3_endpoint, &bucket.name, 2).await;
+    let env = with_etcd(env, &[&etcd.client_url]);
+    let s = env.json(&["backup", "etcd"]);
+    assert_eq!(s["status"], "complete", "{s}");
+
+    // Every object, manifest and packs alike, locked past the retention.
+    let list = bucket
+        .client
+        .list_object_versions()
+        .bucket(&bucket.name)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = list.versions().iter().filter_map(|v| v.key()).collect();
+    assert!(keys.iter().any(|k| k.starts_with("manifests/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("packs/")), "{keys:?}");
+    let floor = chrono::Utc::now() + chrono::Duration::hours(47);
+    for v in list.versions() {
+        let head = bucket
+            .client
+            .head_object()
+            .bucket(&bucket.name)
+            .key(v.key().unwrap())
+            .version_id(v.version_id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.object_lock_mode(),
+            Some(&aws_sdk_s3::types::ObjectLockMode::Compliance),
+            "{:?}",
+            v.key()
+        );
+        let until = head.object_lock_retain_until_date().unwrap();
+        assert!(
+            until.secs() > floor.timestamp(),
+            "{:?} locked too short",
+            v.key()
+        );
+    }
+    env.ok(&["verify", "--storage"]);
+    let (out, stdout, stderr) = env.restore_etcd(s["backup_id"].as_str().unwrap(), &["--verify"]);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("equals the backed-up one"), "{stdout}");
 }

@@ -11,6 +11,8 @@ use etcd_client::{Client, GetOptions};
 pub struct Etcd {
     pub client_url: String,
     pub log: PathBuf,
+    /// CA, client certificate and key, when it serves TLS.
+    tls: Option<[PathBuf; 3]>,
     child: Child,
     _dir: Option<tempfile::TempDir>,
 }
@@ -72,7 +74,41 @@ impl Etcd {
         log_dir: &Path,
         extra: &[String],
     ) -> Etcd {
-        let tls = extra.iter().any(|a| a == "--cert-file");
+        // TLS when the flags say so. The test's own client trusts
+        // --trusted-ca-file and presents --test-client-cert/-key, two flags
+        // of this harness that etcd never sees.
+        let flag = |f: &str| {
+            extra
+                .iter()
+                .position(|a| a == f)
+                .map(|i| PathBuf::from(&extra[i + 1]))
+        };
+        let tls = flag("--cert-file").is_some();
+        let client_pair = match (
+            flag("--trusted-ca-file"),
+            flag("--test-client-cert"),
+            flag("--test-client-key"),
+        ) {
+            (Some(ca), Some(c), Some(k)) => Some([ca, c, k]),
+            _ => None,
+        };
+        let extra: Vec<&String> = {
+            let mut skip = 0;
+            extra
+                .iter()
+                .filter(|a| {
+                    if skip > 0 {
+                        skip -= 1;
+                        return false;
+                    }
+                    if a.starts_with("--test-client-") {
+                        skip = 1;
+                        return false;
+                    }
+                    true
+                })
+                .collect()
+        };
         let client_url = format!(
             "{}://127.0.0.1:{}",
             if tls { "https" } else { "http" },
@@ -100,6 +136,7 @@ impl Etcd {
         Etcd {
             client_url,
             log,
+            tls: client_pair,
             child,
             _dir: None,
         }
@@ -133,15 +170,18 @@ impl Etcd {
     }
 
     async fn try_client(&self) -> Result<Client, etcd_client::Error> {
-        Client::connect(
-            [self.client_url.as_str()],
-            Some(
-                etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(30)),
-            ),
-        )
-        .await
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(30));
+        if let Some([ca, cert, key]) = &self.tls {
+            let read = |p: &PathBuf| std::fs::read(p).expect("read a test TLS file");
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(ca)))
+                    .identity(etcd_client::Identity::from_pem(read(cert), read(key))),
+            );
+        }
+        Client::connect([self.client_url.as_str()], Some(options)).await
     }
 
     pub async fn client(&self) -> Client {

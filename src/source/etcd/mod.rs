@@ -142,6 +142,20 @@ fn explain(cfg: &EtcdConfig, e: &etcd_client::Error) -> String {
             "TLS: etcd refused the client certificate etcd.cert_file {} ({text})",
             file(&cfg.cert_file)
         )
+    } else if cfg.endpoints.iter().any(|e| e.starts_with("https://"))
+        && cfg.cert_file.is_some()
+        && ["broken pipe", "connection reset", "connection closed"]
+            .iter()
+            .any(|w| l.contains(w))
+    {
+        // TLS 1.3 finishes the handshake before the server checks the
+        // client certificate; a refusal then shows as a closed connection.
+        format!(
+            "TLS: etcd closed the connection at the first request, which is how it refuses \
+             a client certificate it does not trust: check that etcd.cert_file {} is signed \
+             by etcd's --trusted-ca-file ({text})",
+            file(&cfg.cert_file)
+        )
     } else if l.contains("connection refused") {
         format!("connection refused ({text})")
     } else if l.contains("timed out") || l.contains("timeout") || l.contains("deadline") {
