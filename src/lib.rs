@@ -22,6 +22,7 @@ pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod gc;
 pub mod keys;

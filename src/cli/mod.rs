@@ -6,6 +6,7 @@
 mod backup;
 mod catalog;
 mod config;
+mod dev;
 mod gc;
 mod key;
 mod output;
@@ -89,6 +90,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Delete what no live backup needs, once its lock has expired.
     Gc(gc::GcArgs),
+    /// Development tools: the stand-in Kubernetes API server.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
 }
 
 /// Entry point of the `drctl` binary.
@@ -145,6 +149,7 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Restore(cmd) => blocking(move || cmd.run(&ctx, out)),
         Command::Verify(cmd) => blocking(move || cmd.run(&ctx, out)),
         Command::Gc(cmd) => cmd.run(&ctx, out).await,
+        Command::Dev(cmd) => cmd.run(out).await,
     }
 }
 
