@@ -98,7 +98,7 @@ async fn load(c: &mut Client) {
 }
 
 /// A local repository with an `etcd:` section for `endpoints`.
-async fn env_for(endpoints: &[&str]) -> VolumeEnv {
+pub(crate) async fn env_for(endpoints: &[&str]) -> VolumeEnv {
     with_etcd(VolumeEnv::new().await, endpoints)
 }
 
@@ -118,7 +118,7 @@ fn etcdctl() -> std::path::PathBuf {
     })
 }
 
-fn free_peer_url() -> String {
+pub(crate) fn free_peer_url() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod apiserver;
 mod catalog;
 mod cli;
 mod etcd;
