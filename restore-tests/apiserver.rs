@@ -317,15 +317,27 @@ async fn errors_are_status_objects_kubectl_understands() {
 
 /// A raw GET: status code and the body as text (a watch's chunks included).
 async fn http_text(c: &Cluster, path: &str) -> (u16, String) {
+    request(c, "GET", path, "application/json", "").await
+}
+
+/// A raw request with a body of `content_type`.
+async fn request(
+    c: &Cluster,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let (addr, path) = (c.running.addr, path.to_string());
+    let addr = c.running.addr;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        s.write_all(head.as_bytes()).unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -683,4 +695,162 @@ async fn watches_send_bookmarks_and_410_for_compacted_history() {
         body.contains(r#""type":"ERROR""#) && body.contains("410"),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_keep_the_rules_of_a_real_server() {
+    use kube::api::{
+        Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams,
+    };
+    use kube::core::GroupVersionKind;
+
+    let c = Cluster::start().await;
+    let client = kube_client(&c).await;
+    let cms: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "ConfigMap")),
+    );
+    let obj = |v: Value| -> DynamicObject { serde_json::from_value(v).unwrap() };
+    let merge = |v: Value| Patch::Merge(v);
+
+    // generateName, and a PUT with a stale resourceVersion.
+    let made = cms
+        .create(
+            &PostParams::default(),
+            &obj(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"generateName": "gen-"}, "data": {"v": "1"}})),
+        )
+        .await
+        .unwrap();
+    let name = made.metadata.name.clone().unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    let mut stale = made.clone();
+    cms.patch(
+        &name,
+        &PatchParams::default(),
+        &merge(serde_json::json!({"data": {"v": "2"}})),
+    )
+    .await
+    .unwrap();
+    stale.data["data"]["v"] = "3".into();
+    let err = cms
+        .replace(&name, &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{err:?}"
+    );
+
+    // Finalizers: a delete only marks; removing the last one deletes.
+    cms.create(
+        &PostParams::default(),
+        &obj(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kept", "finalizers": ["example.com/keep"]}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("kept", &DeleteParams::default()).await.unwrap();
+    let marked = cms.get("kept").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "kept",
+        &PatchParams::default(),
+        &merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let gone = cms.get("kept").await.unwrap_err();
+    assert!(
+        matches!(gone, kube::Error::Api(ref s) if s.code == 404),
+        "{gone:?}"
+    );
+
+    // Status is the subresource's: ignored on the object, set on /status.
+    let deploys: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment")),
+    );
+    let d = deploys
+        .create(
+            &PostParams::default(),
+            &obj(
+                serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}},
+                         "template": {"metadata": {"labels": {"a": "b"}},
+                                      "spec": {"containers": [{"name": "c", "image": "x"}]}}},
+                "status": {"replicas": 9}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(
+        d.data.get("status").is_none(),
+        "status set on create: {:?}",
+        d.data
+    );
+    let s = deploys
+        .patch_status(
+            "d",
+            &PatchParams::default(),
+            &merge(serde_json::json!({"status": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data["status"]["replicas"], 2);
+    assert_eq!(
+        s.metadata.generation,
+        Some(1),
+        "a status change is no new generation"
+    );
+    let s = deploys
+        .patch(
+            "d",
+            &PatchParams::default(),
+            &merge(serde_json::json!({"status": {"replicas": 7}, "spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data["status"]["replicas"], 2);
+    assert_eq!(s.metadata.generation, Some(2));
+
+    // Server-side apply needs a field manager; strategic merge is for
+    // built-in kinds only.
+    let (code, body) = request(
+        &c,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/x",
+        "application/apply-patch+yaml",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    c.ok(&["apply", "-f", c.write("crd.yaml", CRD).to_str().unwrap()]);
+    let w = c.write(
+        "w.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: default}\nspec: {size: 1}\n",
+    );
+    c.ok(&["apply", "-f", w.to_str().unwrap()]);
+    let (code, body) = request(
+        &c,
+        "PATCH",
+        "/apis/example.com/v1/namespaces/default/widgets/w",
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"size":2}}"#,
+    )
+    .await;
+    assert_eq!(code, 415, "{body}");
+    c.ok(&[
+        "patch",
+        "widget",
+        "w",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":3}}"#,
+    ]);
+    assert_eq!(c.json(&["get", "widget", "w"])["spec"]["size"], 3);
 }
