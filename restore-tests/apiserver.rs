@@ -242,6 +242,36 @@ async fn kubectl_applies_a_manifest_with_a_crd_and_its_custom_resources() {
     );
     assert_eq!(d["metadata"]["generation"], 2);
 
+    // A JSON patch, with a test that must hold.
+    c.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "shop2",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"test","path":"/data/color","value":"red"},{"op":"replace","path":"/data/color","value":"teal"}]"#,
+    ]);
+    let cm = c.json(&["get", "configmap", "settings", "-n", "shop2"]);
+    assert_eq!(cm["data"]["color"], "teal");
+    let failed = c
+        .kubectl(&[
+            "patch",
+            "configmap",
+            "settings",
+            "-n",
+            "shop2",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/data/color","value":"red"}]"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "a failed JSON-patch test applied");
+
     let resources = c.ok(&["api-resources"]);
     for r in [
         "widgets",

@@ -323,6 +323,9 @@ fn check_name(t: &Target, name: &str) -> Result<(), ApiError> {
     let ok_char =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!label && c == '.');
     let edges = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    // RBAC names are path segments only (`system:controller:x` is valid),
+    // and custom resources are checked by their own schemas, which this
+    // server does not enforce.
     let custom = !t.rt.builtin || t.rt.kind.starts_with("Cluster") || t.rt.kind.starts_with("Role");
     if name.is_empty()
         || name.len() > max
