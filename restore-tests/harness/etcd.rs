@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
+use super::services::free_port;
+pub(crate) use super::services::which;
+
 /// An etcd process on loopback, killed on drop.
 pub struct Etcd {
     pub client_url: String,
@@ -17,26 +20,11 @@ pub struct Etcd {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
-
 /// The path of `etcd`, or a failure that names the package.
 pub fn etcd_binary() -> PathBuf {
     which("etcd").unwrap_or_else(|| {
         panic!("etcd not found on PATH: install the Debian package `etcd-server` (./scripts/setup does)")
     })
-}
-
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 impl Etcd {
@@ -131,7 +119,8 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);
-        kill_with_test(&mut cmd);
+        // SIGKILL when the test's thread ends, however it ends.
+        super::services::die_with_spawner(&mut cmd, libc::SIGKILL);
         let child = cmd.spawn().expect("start etcd");
         Etcd {
             client_url,
@@ -198,21 +187,6 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The child gets SIGKILL when the test's thread ends, however it ends.
-#[allow(unsafe_code)]
-fn kill_with_test(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

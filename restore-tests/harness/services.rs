@@ -89,7 +89,7 @@ fn start_missing(pg: Option<String>, etcd: Option<String>, s3: Option<String>) -
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free loopback port")
@@ -280,7 +280,7 @@ fn start_moto(dir: &Path) -> String {
     endpoint.unwrap()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -288,15 +288,12 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Spawns `cmd` with output to `log`, to be stopped with `signal` when the
-/// test process exits, however it exits.
+/// Makes the child of `cmd` receive `signal` when the thread that spawns it
+/// ends (the shared services spawn from a thread that never does; a test's
+/// own etcd dies with its test).
 #[allow(unsafe_code)]
-fn spawn(mut cmd: Command, log: &Path, signal: i32) {
+pub(crate) fn die_with_spawner(cmd: &mut Command, signal: i32) {
     use std::os::unix::process::CommandExt;
-    let file = std::fs::File::create(log).expect("create a service log");
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     // std runs pre_exec after setuid/setgid, which would clear the setting.
     unsafe {
@@ -307,6 +304,16 @@ fn spawn(mut cmd: Command, log: &Path, signal: i32) {
             Ok(())
         });
     }
+}
+
+/// Spawns `cmd` with output to `log`, to be stopped with `signal` when the
+/// test process exits, however it exits.
+fn spawn(mut cmd: Command, log: &Path, signal: i32) {
+    let file = std::fs::File::create(log).expect("create a service log");
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    die_with_spawner(&mut cmd, signal);
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));

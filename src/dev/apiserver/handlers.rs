@@ -352,12 +352,7 @@ fn check_name(t: &Target, name: &str) -> Result<(), ApiError> {
 
 /// Makes sure the namespace exists (for startup).
 pub(crate) async fn ensure_namespace(state: &State, name: &str) -> Result<(), ApiError> {
-    let rt = state
-        .builtins
-        .iter()
-        .find(|t| t.kind == "Namespace")
-        .cloned()
-        .expect("namespaces are built in");
+    let rt = state.builtin("Namespace").clone();
     let key = state.store.key(&rt, None, name);
     if state.store.get(&key).await?.is_none() {
         let obj = prepare_new(
@@ -521,11 +516,7 @@ fn check_body(t: &Target, obj: &mut Value, name: Option<&str>) -> Result<(), Api
 }
 
 async fn namespace_exists(state: &State, ns: &str) -> Result<(), ApiError> {
-    let rt = state
-        .builtins
-        .iter()
-        .find(|t| t.kind == "Namespace")
-        .expect("namespaces are built in");
+    let rt = state.builtin("Namespace");
     if state
         .store
         .get(&state.store.key(rt, None, ns))

@@ -64,12 +64,12 @@ impl State {
             .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
-    fn crd_type(&self) -> ResourceType {
+    /// The built-in type of `kind` (one the server always has).
+    fn builtin(&self, kind: &str) -> &ResourceType {
         self.builtins
             .iter()
-            .find(|t| t.kind == "CustomResourceDefinition")
-            .cloned()
-            .expect("CRDs are built in")
+            .find(|t| t.kind == kind)
+            .expect("a built-in kind")
     }
 
     /// Registers (or replaces) the types a CRD defines.
@@ -192,8 +192,9 @@ pub async fn start(opts: Options) -> Result<Running> {
     });
     let unavailable =
         |e: ApiError| Error::new(ErrorKind::Unavailable, format!("etcd: {}", e.message));
-    let crds = state.crd_type();
-    let prefix = state.store.prefix(&crds, None);
+    let prefix = state
+        .store
+        .prefix(state.builtin("CustomResourceDefinition"), None);
     for s in state
         .store
         .list(&prefix, "", 0, 0)
