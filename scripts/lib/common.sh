@@ -5,8 +5,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Persistent caches (moto's virtualenv); CI points this outside the clone.
 CACHE_DIR=${DRCTL_CACHE_DIR:-$ROOT/.cache}
 MOTO_VERSION=5.2.5
-# Tools setup fetched where the distribution has none (kubectl).
-[ -d "$CACHE_DIR/bin" ] && PATH=$PATH:$CACHE_DIR/bin && export PATH
+# Tools setup fetches where the distribution has none (kubectl). Always on
+# PATH: scripts source this before setup may create the directory.
+PATH=$PATH:$CACHE_DIR/bin
+export PATH
 
 say() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
