@@ -692,6 +692,18 @@ async fn watches_send_bookmarks_and_410_for_compacted_history() {
     assert!(body.contains(r#""type":"ADDED""#), "{body}");
     assert!(body.contains("k8s.io/initial-events-end"), "{body}");
 
+    // A list as it was at a version.
+    let (code, then) = http(
+        &c,
+        &format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={old_rv}&resourceVersionMatch=Exact"
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{then}");
+    assert_eq!(then["items"][0]["data"]["v"], "1", "{then}");
+    assert_eq!(then["metadata"]["resourceVersion"], old_rv.as_str());
+
     // A list in pages, then history compacted away: the next page and a
     // watch from before are both 410.
     for i in 0..3 {

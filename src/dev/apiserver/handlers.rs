@@ -986,9 +986,20 @@ async fn list(state: &State, t: &Target, q: &BTreeMap<String, String>) -> Reply 
         .unwrap_or(0)
         .max(0);
     let prefix = state.store.prefix(&t.rt, t.namespace.as_deref());
+    // A continue token fixes the revision; so does `resourceVersionMatch=Exact`
+    // (the list as it was then). Otherwise a list is of now, which satisfies
+    // `resourceVersion=0` and `NotOlderThan`.
+    let exact = match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
+        (Some(rv), Some(m)) if m == "Exact" => {
+            rv.parse::<i64>().ok().filter(|rv| *rv > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("resourceVersion {rv:?} is not a version"))
+            })?
+        }
+        _ => 0,
+    };
     let (mut at, mut from) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => decode_continue(c)?,
-        None => (0, String::new()),
+        None => (exact, String::new()),
     };
     if !from.is_empty() && !from.starts_with(&prefix) {
         return Err(ApiError::bad_request(
