@@ -117,13 +117,11 @@ impl BackupCommand {
                             .with_guidance("pass --name NAME")
                         })?,
                 };
-                let repo = Arc::new(super::open_repo(&loaded.config, None, true)?);
-                let level = loaded
-                    .config
-                    .repository
-                    .zstd_level
-                    .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL);
-                let retain_until = retention(&loaded.config, args.retention);
+                let Writer {
+                    repo,
+                    level,
+                    retain_until,
+                } = Writer::open(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "read");
                 let b2 = bar.clone();
                 let summary = crate::backup::backup_volume(
@@ -161,13 +159,11 @@ impl BackupCommand {
                          key_file (docs/configuration.md)",
                     )
                 })?;
-                let repo = Arc::new(super::open_repo(&loaded.config, None, true)?);
-                let level = loaded
-                    .config
-                    .repository
-                    .zstd_level
-                    .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL);
-                let retain_until = retention(&loaded.config, args.retention);
+                let Writer {
+                    repo,
+                    level,
+                    retain_until,
+                } = Writer::open(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "streamed");
                 let b2 = bar.clone();
                 let summary = crate::backup::backup_etcd(
@@ -279,6 +275,27 @@ fn render_summary(s: &Summary) -> String {
         t.push_str(&format!("  not backed up: {}: {}\n", p.path, p.error));
     }
     t
+}
+
+/// What every backup writes with: the repository (recipients and secret,
+/// no identity), the zstd level and how long the backup is kept.
+struct Writer {
+    repo: Arc<crate::repo::Repository>,
+    level: i32,
+    retain_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Writer {
+    fn open(config: &crate::config::Config, given: Option<chrono::Duration>) -> Result<Writer> {
+        Ok(Writer {
+            repo: Arc::new(super::open_repo(config, None, true)?),
+            level: config
+                .repository
+                .zstd_level
+                .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
+            retain_until: retention(config, given),
+        })
+    }
 }
 
 /// When a backup's objects may go: `--retention` from now, or the bucket's
