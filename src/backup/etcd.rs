@@ -169,18 +169,13 @@ async fn run(
     }
 
     let by_tag: HashMap<u64, ChunkId> = written.iter().map(|w| (w.tag, w.id)).collect();
-    let mut order: Vec<ChunkId> = Vec::new();
-    let mut index: HashMap<ChunkId, u32> = HashMap::new();
-    let mut refs = Vec::with_capacity(streamed.chunks.len());
-    for (tag, _) in &streamed.chunks {
-        let cid = by_tag[tag];
-        let i = *index.entry(cid).or_insert_with(|| {
-            order.push(cid);
-            (order.len() - 1) as u32
-        });
-        refs.push(i);
-    }
-    let chunks: Vec<ChunkLocation> = super::locate(catalog, repo_id, &order).await?;
+    let mut list = super::ChunkList::default();
+    let refs: Vec<u32> = streamed
+        .chunks
+        .iter()
+        .map(|(tag, _)| list.add(by_tag[tag]))
+        .collect();
+    let chunks: Vec<ChunkLocation> = super::locate(catalog, repo_id, &list.order).await?;
     let size = streamed.db_size + snapshot::TRAILER as u64;
     let info = EtcdSnapshot {
         endpoint: endpoint.clone(),
@@ -234,9 +229,8 @@ async fn run(
         bytes: stats.bytes,
         new_bytes: stats.new_bytes,
         stored_bytes: stats.stored_bytes,
-        dedup_ratio: (stats.bytes > 0).then(|| stats.bytes as f64 / stats.new_bytes.max(1) as f64),
-        compression_ratio: (stats.stored_bytes > 0)
-            .then(|| stats.new_bytes as f64 / stats.stored_bytes as f64),
+        dedup_ratio: stats.dedup_ratio(),
+        compression_ratio: stats.compression_ratio(),
         chunks: stats.chunks,
         packs: stats.packs,
         seconds: 0.0,

@@ -43,6 +43,30 @@ async fn or_fail<T>(
     }
 }
 
+/// The chunks a manifest lists, each once, in first-use order; entries
+/// point into the list by index.
+#[derive(Default)]
+struct ChunkList {
+    order: Vec<ChunkId>,
+    index: HashMap<ChunkId, u32>,
+}
+
+impl ChunkList {
+    /// The index of `id`, added at the end when new.
+    fn add(&mut self, id: ChunkId) -> u32 {
+        let order = &mut self.order;
+        *self.index.entry(id).or_insert_with(|| {
+            order.push(id);
+            (order.len() - 1) as u32
+        })
+    }
+
+    /// The index of a chunk already added.
+    fn index_of(&self, id: &ChunkId) -> u32 {
+        self.index[id]
+    }
+}
+
 /// Where each of `order` is stored, from the catalog; a chunk the pipeline
 /// wrote but the catalog lacks is an integrity error, never a dangling
 /// manifest.

@@ -139,20 +139,15 @@ async fn run_volume(
         Ref::Known(id) => *id,
         Ref::Tag(t) => by_tag[t],
     };
-    let mut order: Vec<ChunkId> = Vec::new();
-    let mut index: HashMap<ChunkId, u32> = HashMap::new();
+    let mut list = super::ChunkList::default();
     for refs in &scan.refs {
         for (_, _, rs) in refs {
             for r in rs {
-                let id = resolve(r);
-                index.entry(id).or_insert_with(|| {
-                    order.push(id);
-                    (order.len() - 1) as u32
-                });
+                list.add(resolve(r));
             }
         }
     }
-    let chunks = super::locate(catalog, repo_id, &order).await?;
+    let chunks = super::locate(catalog, repo_id, &list.order).await?;
 
     let mut entries = std::mem::take(&mut scan.entries);
     let mut items = Vec::with_capacity(entries.len());
@@ -163,7 +158,7 @@ async fn run_volume(
             .map(|(offset, length, rs)| Extent {
                 offset: *offset,
                 length: *length,
-                chunks: rs.iter().map(|r| index[&resolve(r)]).collect(),
+                chunks: rs.iter().map(|r| list.index_of(&resolve(r))).collect(),
             })
             .collect();
         let attrs = match e.kind {
@@ -260,8 +255,8 @@ fn summarize(
         bytes_total: m.entries.iter().map(|e| e.size).sum(),
         new_bytes: s.new_bytes,
         stored_bytes: s.stored_bytes,
-        dedup_ratio: (s.bytes > 0).then(|| s.bytes as f64 / s.new_bytes.max(1) as f64),
-        compression_ratio: (s.stored_bytes > 0).then(|| s.new_bytes as f64 / s.stored_bytes as f64),
+        dedup_ratio: s.dedup_ratio(),
+        compression_ratio: s.compression_ratio(),
         packs: s.packs,
         problems: scan.problems.clone(),
         skipped_special: scan.skipped_special,

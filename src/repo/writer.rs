@@ -50,6 +50,19 @@ pub struct WriteStats {
     pub packs: u64,
 }
 
+impl WriteStats {
+    /// Bytes read per new (not yet stored) byte; `None` when nothing was read.
+    pub fn dedup_ratio(&self) -> Option<f64> {
+        (self.bytes > 0).then(|| self.bytes as f64 / self.new_bytes.max(1) as f64)
+    }
+
+    /// New bytes per byte stored (zstd, less the encryption overhead);
+    /// `None` when nothing new was stored.
+    pub fn compression_ratio(&self) -> Option<f64> {
+        (self.stored_bytes > 0).then(|| self.new_bytes as f64 / self.stored_bytes as f64)
+    }
+}
+
 /// Where the producer sends chunks. Sending fails when the pipeline stopped
 /// (an error downstream); the producer should then return.
 #[derive(Clone)]
