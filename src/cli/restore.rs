@@ -188,12 +188,8 @@ fn restore_etcd(
         etcd::check_data_dir(dir)?;
         etcd::Tool::find()?;
     }
-    if let Some(o) = &args.output
-        && o.exists()
-        && !args.force
-    {
-        return Err(Error::config(format!("--output {} exists", o.display()))
-            .with_guidance("choose a new file name, or pass --force to replace it"));
+    if let Some(o) = &args.output {
+        etcd::check_output(o, args.force)?;
     }
     let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
     let id = resolve_backup(&repo, &args.backup)?;

@@ -48,17 +48,9 @@ pub struct WrittenSnapshot {
     pub revision: i64,
 }
 
-/// Writes the snapshot to `output`, byte for byte as etcd streamed it.
-/// An existing `output` is replaced only with `force`; a failure leaves
-/// nothing at `output`.
-pub fn write_snapshot(
-    repo: &Repository,
-    manifest: &Manifest,
-    output: &Path,
-    force: bool,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<WrittenSnapshot> {
-    let info = snapshot_info(manifest)?;
+/// Checks `--output` before anything is read: a file name, new unless
+/// `force`.
+pub fn check_output(output: &Path, force: bool) -> Result<()> {
     if output.is_dir() {
         return Err(
             Error::config(format!("--output {} is a directory", output.display()))
@@ -71,6 +63,21 @@ pub fn write_snapshot(
                 .with_guidance("choose a new file name, or pass --force to replace it"),
         );
     }
+    Ok(())
+}
+
+/// Writes the snapshot to `output`, byte for byte as etcd streamed it.
+/// An existing `output` is replaced only with `force`; a failure leaves
+/// nothing at `output`.
+pub fn write_snapshot(
+    repo: &Repository,
+    manifest: &Manifest,
+    output: &Path,
+    force: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WrittenSnapshot> {
+    let info = snapshot_info(manifest)?;
+    check_output(output, force)?;
     let name = output
         .file_name()
         .ok_or_else(|| Error::config(format!("--output {} names no file", output.display())))?;
