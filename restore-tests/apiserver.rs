@@ -47,6 +47,17 @@ impl Cluster {
         c
     }
 
+    /// Runs kubectl, asserts it failed, returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded:\n{stderr}"
+        );
+        stderr
+    }
+
     /// Runs kubectl, asserts success, returns stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).output().unwrap();
@@ -161,11 +172,7 @@ async fn kubectl_applies_a_manifest_with_a_crd_and_its_custom_resources() {
     // run fail ("ensure CRDs are installed first"), the rest is applied, and
     // the second run applies them.
     let file = c.write("shop.yaml", &manifest("shop", "blue"));
-    let first = c
-        .kubectl(&["apply", "-f", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&first.stderr);
+    let stderr = c.fails(&["apply", "-f", file.to_str().unwrap()]);
     assert!(
         stderr.contains("ensure CRDs are installed first"),
         "{stderr}"
@@ -256,21 +263,17 @@ async fn kubectl_applies_a_manifest_with_a_crd_and_its_custom_resources() {
     ]);
     let cm = c.json(&["get", "configmap", "settings", "-n", "shop2"]);
     assert_eq!(cm["data"]["color"], "teal");
-    let failed = c
-        .kubectl(&[
-            "patch",
-            "configmap",
-            "settings",
-            "-n",
-            "shop2",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"test","path":"/data/color","value":"red"}]"#,
-        ])
-        .output()
-        .unwrap();
-    assert!(!failed.status.success(), "a failed JSON-patch test applied");
+    c.fails(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "shop2",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"test","path":"/data/color","value":"red"}]"#,
+    ]);
 
     let resources = c.ok(&["api-resources"]);
     for r in [
@@ -293,12 +296,7 @@ async fn kubectl_applies_a_manifest_with_a_crd_and_its_custom_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_status_objects_kubectl_understands() {
     let c = Cluster::start().await;
-    let out = c
-        .kubectl(&["get", "configmap", "nope", "-n", "default"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = c.fails(&["get", "configmap", "nope", "-n", "default"]);
     assert!(err.contains(r#"configmaps "nope" not found"#), "{err}");
 
     // (kubectl's generators, `create configmap`, send protobuf, which this
@@ -307,11 +305,7 @@ async fn errors_are_status_objects_kubectl_understands() {
         "orphan.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: missing-ns}\n",
     );
-    let out = c
-        .kubectl(&["create", "-f", orphan.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = c.fails(&["create", "-f", orphan.to_str().unwrap()]);
     assert!(
         err.contains(r#"namespaces "missing-ns" not found"#),
         "{err}"
@@ -322,11 +316,7 @@ async fn errors_are_status_objects_kubectl_understands() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: default}\n",
     );
     c.ok(&["create", "-f", file.to_str().unwrap()]);
-    let out = c
-        .kubectl(&["create", "-f", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = c.fails(&["create", "-f", file.to_str().unwrap()]);
     assert!(err.contains(r#"configmaps "x" already exists"#), "{err}");
 
     // An invalid name is refused with the rule it breaks.
@@ -334,11 +324,7 @@ async fn errors_are_status_objects_kubectl_understands() {
         "bad.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}\n",
     );
-    let out = c
-        .kubectl(&["create", "-f", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = c.fails(&["create", "-f", bad.to_str().unwrap()]);
     assert!(
         err.contains("is invalid") && err.contains("RFC 1123"),
         "{err}"

@@ -97,6 +97,20 @@ async fn load(c: &mut Client) {
     c.delete(key(3001), None).await.expect("delete");
 }
 
+/// An etcd of the test's own holding keys `0..n`, key `i` with `size(i)`
+/// bytes, and a client to it.
+async fn etcd_with(n: usize, size: impl Fn(usize) -> usize) -> (Etcd, Client) {
+    let mut etcd = Etcd::start();
+    etcd.ready(true).await;
+    let mut live = etcd.client().await;
+    put_all(
+        &mut live,
+        (0..n).map(|i| (key(i), bytes(i as u64, size(i)))).collect(),
+    )
+    .await;
+    (etcd, live)
+}
+
 /// A local repository with an `etcd:` section for `endpoints`.
 pub(crate) async fn env_for(endpoints: &[&str]) -> VolumeEnv {
     with_etcd(VolumeEnv::new().await, endpoints)
@@ -227,16 +241,7 @@ async fn etcd_backup_restores_with_etcdctl_to_the_same_keyspace_revision_and_has
 
 #[tokio::test]
 async fn restore_makes_a_data_dir_and_verify_proves_the_keyspace() {
-    let mut etcd = Etcd::start();
-    etcd.ready(true).await;
-    let mut live = etcd.client().await;
-    put_all(
-        &mut live,
-        (0..500)
-            .map(|i| (key(i), bytes(i as u64, 100 + i)))
-            .collect(),
-    )
-    .await;
+    let (etcd, mut live) = etcd_with(500, |i| 100 + i).await;
     let env = env_for(&[&etcd.client_url]).await;
     let summary = env.json(&["backup", "etcd", "--name", "prod-etcd"]);
     let id = summary["backup_id"].as_str().unwrap();
@@ -346,14 +351,7 @@ async fn restore_makes_a_data_dir_and_verify_proves_the_keyspace() {
 
 #[tokio::test]
 async fn verify_reports_a_keyspace_that_differs_from_the_record() {
-    let mut etcd = Etcd::start();
-    etcd.ready(true).await;
-    let mut live = etcd.client().await;
-    put_all(
-        &mut live,
-        (0..50).map(|i| (key(i), bytes(i as u64, 10))).collect(),
-    )
-    .await;
+    let (etcd, _live) = etcd_with(50, |_| 10).await;
     let env = env_for(&[&etcd.client_url]).await;
     let summary = env.json(&["backup", "etcd"]);
     let id: uuid::Uuid = summary["backup_id"].as_str().unwrap().parse().unwrap();
@@ -390,14 +388,7 @@ async fn verify_reports_a_keyspace_that_differs_from_the_record() {
 // Multi-threaded: the proxy runs while this thread waits for drctl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_snapshot_stream_fails_the_backup() {
-    let mut etcd = Etcd::start();
-    etcd.ready(true).await;
-    let mut live = etcd.client().await;
-    put_all(
-        &mut live,
-        (0..300).map(|i| (key(i), bytes(i as u64, 4000))).collect(),
-    )
-    .await;
+    let (etcd, _live) = etcd_with(300, |_| 4000).await;
     let upstream = etcd.client_url.trim_start_matches("http://").to_string();
     let proxy = FlipProxy::start(&upstream, 16 * 1024).await;
     let env = env_for(&[&proxy.url]).await;
@@ -429,17 +420,8 @@ async fn a_corrupted_snapshot_stream_fails_the_backup() {
 
 #[tokio::test]
 async fn consecutive_snapshots_of_a_slowly_changing_keyspace_share_most_chunks() {
-    let mut etcd = Etcd::start();
-    etcd.ready(true).await;
-    let mut live = etcd.client().await;
     let n = 20_000;
-    put_all(
-        &mut live,
-        (0..n)
-            .map(|i| (key(i), bytes(i as u64, 500 + (i * 7) % 2500)))
-            .collect(),
-    )
-    .await;
+    let (etcd, mut live) = etcd_with(n, |i| 500 + (i * 7) % 2500).await;
     let env = env_for(&[&etcd.client_url]).await;
     let first = env.json(&["backup", "etcd"]);
     // 1% of the keys change.
@@ -735,14 +717,7 @@ async fn tls_failures_name_the_file_and_the_check() {
 
 #[tokio::test]
 async fn an_etcd_backup_in_s3_is_locked_and_verifies() {
-    let mut etcd = Etcd::start();
-    etcd.ready(true).await;
-    let mut live = etcd.client().await;
-    put_all(
-        &mut live,
-        (0..200).map(|i| (key(i), bytes(i as u64, 3000))).collect(),
-    )
-    .await;
+    let (etcd, _live) = etcd_with(200, |_| 3000).await;
     let bucket = harness::locked_bucket().await;
     let env = VolumeEnv::s3(&harness::services().s3_endpoint, &bucket.name, 2).await;
     let env = with_etcd(env, &[&etcd.client_url]);
