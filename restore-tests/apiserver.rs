@@ -11,18 +11,18 @@ use crate::harness::etcd::which;
 
 /// A server of a test's own (its own etcd prefix on the shared etcd), and a
 /// kubectl that talks to it with private caches.
-struct Cluster {
-    running: drctl::dev::apiserver::Running,
-    dir: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) running: drctl::dev::apiserver::Running,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    pub(crate) async fn start() -> Cluster {
         Cluster::on(&harness::services().etcd_endpoints, &harness::etcd_prefix()).await
     }
 
     /// A server on the etcd at `endpoints`, its objects under `prefix`.
-    async fn on(endpoints: &[String], prefix: &str) -> Cluster {
+    pub(crate) async fn on(endpoints: &[String], prefix: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let running = drctl::dev::apiserver::start(drctl::dev::apiserver::Options {
             etcd: endpoints.to_vec(),
@@ -35,7 +35,7 @@ impl Cluster {
         Cluster { running, dir }
     }
 
-    fn kubectl(&self, args: &[&str]) -> Command {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> Command {
         let bin = which("kubectl").unwrap_or_else(|| {
             panic!("kubectl not found on PATH: install kubectl (the google-cloud-cli `kubectl` package or upstream v1.32)")
         });
@@ -48,7 +48,7 @@ impl Cluster {
     }
 
     /// Runs kubectl, asserts it failed, returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
@@ -59,7 +59,7 @@ impl Cluster {
     }
 
     /// Runs kubectl, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).output().unwrap();
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -72,20 +72,20 @@ impl Cluster {
         stdout
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&all)).expect("kubectl printed JSON")
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 }
 
-const CRD: &str = r#"
+pub(crate) const CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
@@ -348,7 +348,9 @@ async fn request(
     let addr = c.running.addr;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+         Authorization: Bearer {}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        drctl::dev::apiserver::TOKEN,
         body.len()
     );
     tokio::task::spawn_blocking(move || {
@@ -430,6 +432,7 @@ async fn lists_page_with_opaque_tokens_and_built_in_items_carry_no_kind() {
 
 /// A kube client from the server's kubeconfig, as a program would make it.
 async fn kube_client(c: &Cluster) -> kube::Client {
+    drctl::install_crypto_provider();
     let kubeconfig = kube::config::Kubeconfig::read_from(&c.running.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await

@@ -10,6 +10,7 @@ mod cli;
 mod etcd;
 mod fault_proxy;
 mod rebuild;
+mod resources;
 mod s3;
 mod services;
 mod tree;

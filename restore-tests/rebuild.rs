@@ -440,6 +440,7 @@ async fn forged_manifests_are_reported_and_left_out() {
         entries: vec![],
         chunks: vec![],
         etcd: None,
+        objects: Vec::new(),
     };
     let forged_key = format!("manifests/{forged_id}");
     std::fs::write(

@@ -283,6 +283,7 @@ async fn forged_manifest_is_rejected_and_wrong_identity_refused() {
         entries: vec![],
         chunks: vec![],
         etcd: None,
+        objects: Vec::new(),
     };
     overwrite(&key_path, &forged.seal(&fake_secret, &recipients));
     let (out, _, stderr) = env.restore(&id.to_string(), &env.ws.path("out"));

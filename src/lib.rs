@@ -9,7 +9,10 @@
 //! describe the invariants.
 //!
 //! - [`config`]: the configuration file, validated before anything runs.
-//! - [`source`]: where backups come from (volumes, etcd).
+//! - [`source`]: where backups come from (volumes, etcd, API resources).
+//! - [`cluster`]: the Kubernetes API server: credentials, discovery, lists.
+//! - [`resources`]: what a resource backup or restore covers (scope,
+//!   selectors, namespace mappings).
 //! - [`repo`]: the repository format and the write pipeline
 //!   (chunker, crypto, pack, manifest, writer).
 //! - [`store`]: object storage backends (local directory; S3 next).
@@ -21,6 +24,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -28,6 +32,7 @@ pub mod gc;
 pub mod keys;
 pub mod rebuild;
 pub mod repo;
+pub mod resources;
 pub mod restore;
 pub mod source;
 pub mod store;
@@ -39,6 +44,13 @@ pub use error::{Error, ErrorKind, Result};
 /// Version of the on-storage repository format this build reads and writes.
 /// Bumped on any incompatible change to `config`, packs or manifests.
 pub const REPOSITORY_FORMAT_VERSION: u32 = 1;
+
+/// Chooses rustls' crypto provider for the process (ring). Both providers
+/// are compiled in through dependencies, and rustls refuses to guess; the
+/// kube client's TLS needs one. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

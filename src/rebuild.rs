@@ -534,6 +534,12 @@ fn check(m: &Manifest) -> std::result::Result<(), String> {
             e.path
         ));
     }
+    if let Some(o) = m.objects.iter().find(|o| o.chunk as usize >= n) {
+        return Err(format!(
+            "object {}/{} references a chunk the manifest does not list",
+            o.resource, o.name
+        ));
+    }
     Ok(())
 }
 
@@ -551,6 +557,9 @@ fn started_at(id: Uuid) -> Option<DateTime<Utc>> {
 fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
     if let (Some(info), [entry]) = (&m.etcd, m.entries.as_slice()) {
         return vec![crate::backup::etcd::item(entry.size, info)];
+    }
+    if m.kind == "resources" {
+        return crate::backup::resources::items(m);
     }
     m.entries
         .iter()
@@ -618,6 +627,7 @@ fn stats(m: &Manifest, packs: usize) -> serde_json::Value {
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
             .count(),
         "bytes_total": m.entries.iter().map(|e| e.size).sum::<u64>(),
+        "objects": m.objects.len(),
         "chunks": m.chunks.len(),
         "packs": packs,
         "problems": m.problems,

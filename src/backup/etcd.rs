@@ -68,15 +68,7 @@ pub async fn backup_etcd(
         db_size = member.status.db_size,
         "etcd member chosen"
     );
-    let repo_id = catalog
-        .ensure_repository(&repo.config, &repo.store.location())
-        .await?;
-    let known = catalog.known_chunks(repo_id).await?;
-    let id = Uuid::now_v7();
-    catalog
-        .start_backup(id, repo_id, "etcd", name, None)
-        .await?;
-    tracing::info!(backup = %id, %name, "backup started");
+    let (id, known) = super::start(&repo, catalog, "etcd", name).await?;
     let run = run(
         repo,
         catalog,
@@ -219,6 +211,7 @@ async fn run(
         entries: vec![entry],
         chunks,
         etcd: Some(info.clone()),
+        objects: Vec::new(),
     };
     let summary = EtcdSummary {
         backup_id: id,

@@ -7,11 +7,12 @@
 //! it `running`, never usable. Packs stored before a failure stay recorded, so
 //! the next backup reuses them.
 //!
-//! Each source has its module ([`volume`], [`etcd`]) that reads it through
+//! Each source has its module ([`volume`], [`etcd`], [`resources`]) that reads it through
 //! the pipeline and builds the manifest; [`seal_and_finish`] is the shared
 //! end: locks, manifest, catalog.
 
 pub mod etcd;
+pub mod resources;
 pub mod volume;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::repo::manifest::{ChunkLocation, Manifest, manifest_key};
 use crate::repo::{ChunkId, Repository};
 
 pub use etcd::{EtcdSummary, backup_etcd};
+pub use resources::{ResourcesSummary, backup_resources};
 pub use volume::{Summary, backup_volume};
 
 /// Runs `body` for backup `id`, marking the backup failed when it fails.
@@ -41,6 +43,24 @@ async fn or_fail<T>(
             Err(e)
         }
     }
+}
+
+/// Records a backup of `kind` named `name` as running; returns its id and
+/// the chunks the repository already holds (what dedup skips).
+async fn start(
+    repo: &Repository,
+    catalog: &Catalog,
+    kind: &str,
+    name: &str,
+) -> Result<(Uuid, std::collections::HashSet<ChunkId>)> {
+    let repo_id = catalog
+        .ensure_repository(&repo.config, &repo.store.location())
+        .await?;
+    let known = catalog.known_chunks(repo_id).await?;
+    let id = Uuid::now_v7();
+    catalog.start_backup(id, repo_id, kind, name, None).await?;
+    tracing::info!(backup = %id, %kind, %name, "backup started");
+    Ok((id, known))
 }
 
 /// The chunks a manifest lists, each once, in first-use order; entries
@@ -90,7 +110,8 @@ async fn locate(catalog: &Catalog, repo_id: Uuid, order: &[ChunkId]) -> Result<V
 /// The shared end of a backup: everything it references is locked until
 /// `retain_until` (the packs it shares with older backups, the config and the
 /// keys), its manifest is stored (locked too), and the catalog marks it
-/// usable with its items in one transaction.
+/// usable with its items in one transaction. Returns the manifest's stored
+/// size (also added to the catalog's stats as `manifest_bytes`).
 async fn seal_and_finish(
     repo: &Arc<Repository>,
     catalog: &Catalog,
@@ -99,7 +120,7 @@ async fn seal_and_finish(
     stats: &serde_json::Value,
     error: Option<&str>,
     retain_until: Option<DateTime<Utc>>,
-) -> Result<()> {
+) -> Result<u64> {
     let repo_id = manifest.repository_id;
     let id = manifest.backup_id;
     let mut packs: Vec<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
@@ -109,6 +130,12 @@ async fn seal_and_finish(
         extend_locks(repo, catalog, repo_id, &packs, until).await?;
     }
     let sealed = manifest.seal(&repo.secret, repo.recipients()?);
+    let sealed_len = sealed.len() as u64;
+    let mut stats = stats.clone();
+    if let Some(o) = stats.as_object_mut() {
+        o.insert("manifest_bytes".into(), sealed_len.into());
+    }
+    let stats = &stats;
     let key = manifest_key(id);
     let sha = crate::store::sha256(&sealed);
     let meta = {
@@ -137,7 +164,8 @@ async fn seal_and_finish(
         retain_until,
         packs: &packs,
     };
-    catalog.finish_backup(id, &end, items).await
+    catalog.finish_backup(id, &end, items).await?;
+    Ok(sealed_len)
 }
 
 /// Makes the locks of `packs` (those the catalog knows as shorter), the

@@ -207,6 +207,7 @@ async fn run_volume(
         entries,
         chunks,
         etcd: None,
+        objects: Vec::new(),
     };
     let summary = summarize(id, status, parent, &manifest, &scan, &stats);
     let error = (!scan.problems.is_empty()).then(|| {

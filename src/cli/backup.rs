@@ -16,6 +16,10 @@ pub(crate) enum BackupCommand {
     /// Back up etcd: a snapshot of a healthy member (from `etcd:` in the
     /// config), with its revision, key count and HashKV recorded.
     Etcd(EtcdArgs),
+    /// Back up API resources: the objects of the chosen namespaces and
+    /// types, with the cluster-scoped objects they use, each object's JSON
+    /// stored once across backups.
+    Resources(ResourcesArgs),
     /// List the backups in the catalog.
     List,
     /// Show one backup.
@@ -59,6 +63,21 @@ pub(crate) struct VolumeArgs {
 pub(crate) struct EtcdArgs {
     /// Name of the etcd cluster in the catalog.
     #[arg(long, default_value = "etcd")]
+    name: String,
+    /// How long to keep this backup (and its object locks): `90d`, `12h`.
+    /// Default: repository.s3.retention_days.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retention: Option<chrono::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResourcesArgs {
+    #[command(flatten)]
+    scope: super::resources::ScopeArgs,
+    #[command(flatten)]
+    cluster: super::resources::ClusterArgs,
+    /// Name of the backup in the catalog (a cluster, an application).
+    #[arg(long, default_value = "resources")]
     name: String,
     /// How long to keep this backup (and its object locks): `90d`, `12h`.
     /// Default: repository.s3.retention_days.
@@ -179,6 +198,34 @@ impl BackupCommand {
                 bar.finish_and_clear();
                 let s = summary?;
                 out.emit(&s, || render_etcd(&s));
+                Ok(())
+            }
+            BackupCommand::Resources(args) => {
+                // Bad flags and an unreachable cluster fail before the
+                // repository is touched.
+                let scope = args.scope.scope()?;
+                let Writer {
+                    repo,
+                    level,
+                    retain_until,
+                } = Writer::open(&loaded.config, args.retention)?;
+                let cluster = args.cluster.connect(&loaded.config).await?;
+                let bar = super::progress::counter("objects");
+                let b2 = bar.clone();
+                let summary = crate::backup::backup_resources(
+                    repo,
+                    &catalog,
+                    &cluster,
+                    &scope,
+                    &args.name,
+                    level,
+                    retain_until,
+                    Arc::new(move |n| b2.inc(n)),
+                )
+                .await;
+                bar.finish_and_clear();
+                let s = summary?;
+                out.emit(&s, || super::resources::render_backup(&s));
                 Ok(())
             }
             BackupCommand::List => {

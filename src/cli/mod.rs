@@ -12,6 +12,7 @@ mod key;
 mod output;
 mod progress;
 mod repo;
+mod resources;
 mod restore;
 mod verify;
 
@@ -99,6 +100,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    crate::install_crypto_provider();
     let out = Out::new(cli.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -42,6 +42,20 @@ pub(crate) fn count(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A counter of things whose total is not known yet.
+pub(crate) fn counter(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template(&format!("{{spinner}} {{pos}} {what} ({{per_sec}})"))
+            .expect("valid template"),
+    );
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// `1.5 GiB`-style sizes for summaries.
 pub(crate) fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()

@@ -30,7 +30,7 @@ pub struct Manifest {
     pub format: u32,
     pub backup_id: Uuid,
     pub repository_id: Uuid,
-    /// `volume` (later: `etcd`, `resources`).
+    /// `volume`, `etcd` or `resources`.
     pub kind: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -48,6 +48,30 @@ pub struct Manifest {
     /// can prove a restore equal with the catalog gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdSnapshot>,
+    /// The objects of a resources backup, sorted by type, namespace and
+    /// name; each object's JSON is one chunk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<KubeObject>,
+}
+
+/// One Kubernetes object of a resources backup. Its JSON (as the API
+/// server listed it, with `apiVersion` and `kind`) is the chunk `chunk`;
+/// that chunk's id is the object's digest, so an unchanged object is the
+/// same chunk in every backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeObject {
+    /// `""` for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// The plural in URLs: `deployments`.
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Index into [`Manifest::chunks`].
+    pub chunk: u32,
+    pub size: u32,
 }
 
 /// An etcd snapshot as backed up: the member it came from and what a member

@@ -3,4 +3,5 @@
 //! decryption and decompression; nothing unverified reaches the target.
 
 pub mod etcd;
+pub mod resources;
 pub mod volume;

@@ -2,4 +2,5 @@
 //! of chunks for the write pipeline ([`crate::repo::writer`]).
 
 pub mod etcd;
+pub mod resources;
 pub mod volume;

@@ -37,6 +37,15 @@ pub(crate) async fn handle(
         url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    // As a real server does, a token it does not know is refused (401),
+    // so clients' credential errors can be tested. A request without
+    // credentials is served as anonymous: kubectl sends no token to a plain
+    // HTTP server.
+    if let Some(auth) = headers.get("authorization")
+        && auth.as_bytes() != format!("Bearer {}", super::TOKEN).as_bytes()
+    {
+        return ApiError::unauthorized().into_response();
+    }
     let path = uri.path().trim_end_matches('/').to_string();
     let r = route(&state, &method, &path, &query, &headers, body).await;
     r.unwrap_or_else(IntoResponse::into_response)
@@ -931,7 +940,8 @@ async fn delete_collection(
     q: &BTreeMap<String, String>,
     dry_run: bool,
 ) -> Reply {
-    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))?;
     let prefix = state.store.prefix(&t.rt, t.namespace.as_deref());
     let page = state.store.list(&prefix, "", 0, 0).await?;
@@ -978,7 +988,8 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
 }
 
 async fn list(state: &State, t: &Target, q: &BTreeMap<String, String>) -> Reply {
-    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))?;
     let limit: i64 = q
         .get("limit")
@@ -1062,7 +1073,8 @@ fn event(kind: &str, object: Value) -> String {
 }
 
 async fn watch(state: &Arc<State>, t: &Target, q: &BTreeMap<String, String>) -> Reply {
-    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
+        .map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))?;
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");

@@ -140,6 +140,12 @@ fn crd_types(crd: &Value) -> Vec<ResourceType> {
         .collect()
 }
 
+/// The bearer token every request must carry; the kubeconfig the server
+/// writes has it. A fixed value: the server is for tests and demos on
+/// loopback, and the token is there so that refused credentials can be
+/// tested, not to protect anything.
+pub const TOKEN: &str = "drctl-dev";
+
 /// Where the server is and how to reach it.
 pub struct Running {
     pub url: String,
@@ -234,7 +240,7 @@ fn write_kubeconfig(path: &Path, url: &str) -> Result<()> {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "drctl-dev", "cluster": {"server": url}}],
-        "users": [{"name": "drctl-dev", "user": {"token": "drctl-dev"}}],
+        "users": [{"name": "drctl-dev", "user": {"token": TOKEN}}],
         "contexts": [{"name": "drctl-dev", "context": {
             "cluster": "drctl-dev", "user": "drctl-dev", "namespace": "default"}}],
         "current-context": "drctl-dev",

@@ -58,6 +58,10 @@ impl ApiError {
         ApiError::new(409, "Conflict", message)
     }
 
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message)
     }

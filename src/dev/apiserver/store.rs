@@ -150,7 +150,12 @@ impl Store {
         at: i64,
         limit: i64,
     ) -> Result<Page, ApiError> {
-        let mut c = self.client.clone();
+        // A page of big objects exceeds gRPC's default 4 MiB; the real API
+        // server lifts the limit the same way.
+        let mut c = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(i32::MAX as usize);
         let start = if from.is_empty() { prefix } else { from };
         let mut opts = GetOptions::new()
             .with_range(prefix_end(prefix))
