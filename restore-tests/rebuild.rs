@@ -441,6 +441,7 @@ async fn forged_manifests_are_reported_and_left_out() {
         chunks: vec![],
         etcd: None,
         objects: Vec::new(),
+        object_table: None,
     };
     let forged_key = format!("manifests/{forged_id}");
     std::fs::write(

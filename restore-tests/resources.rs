@@ -307,7 +307,29 @@ async fn a_deleted_namespace_restores_equal_to_the_original() {
     // again once; a backup after that stores none.
     let third = e.backup(&["--include-namespaces", "shop"]);
     assert_eq!(third["new_objects"], 0, "{third:#}");
+    // Its object table is unchanged too: only the manifest is uploaded.
+    assert_eq!(third["table_new_bytes"], 0, "{third:#}");
     assert_eq!(third["stored_bytes"], 0, "{third:#}");
+    assert_eq!(
+        third["uploaded_bytes"], third["manifest_bytes"],
+        "{third:#}"
+    );
+
+    // verify reads every backup's object table and every object's pack.
+    let id_file = e.env.identity.to_str().unwrap();
+    let report = e
+        .env
+        .json(&["--identity", id_file, "verify", "--read-data"]);
+    assert_eq!(report["backups"], 3, "{report:#}");
+    assert!(
+        report["damaged_packs"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    // The three backups' objects (24 distinct) and their tables.
+    assert!(
+        report["chunks_checked"].as_u64().unwrap() >= 24,
+        "{report:#}"
+    );
 }
 
 fn base64_of(s: &str) -> String {

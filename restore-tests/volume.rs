@@ -284,6 +284,7 @@ async fn forged_manifest_is_rejected_and_wrong_identity_refused() {
         chunks: vec![],
         etcd: None,
         objects: Vec::new(),
+        object_table: None,
     };
     overwrite(&key_path, &forged.seal(&fake_secret, &recipients));
     let (out, _, stderr) = env.restore(&id.to_string(), &env.ws.path("out"));

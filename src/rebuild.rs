@@ -408,7 +408,8 @@ async fn rebuild_backups(
                     )
                 })?;
                 let sealed = repo.store.get(&key)?;
-                let manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
+                let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
+                crate::repo::object_table::expand(&repo, &mut manifest)?;
                 Ok((meta, sha256(&sealed), manifest))
             })
             .await
@@ -559,7 +560,7 @@ fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
         return vec![crate::backup::etcd::item(entry.size, info)];
     }
     if m.kind == "resources" {
-        return crate::backup::resources::items(m);
+        return crate::backup::resources::items(&m.objects, &m.chunks);
     }
     m.entries
         .iter()

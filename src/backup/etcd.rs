@@ -212,6 +212,7 @@ async fn run(
         chunks,
         etcd: Some(info.clone()),
         objects: Vec::new(),
+        object_table: None,
     };
     let summary = EtcdSummary {
         backup_id: id,
@@ -234,6 +235,7 @@ async fn run(
         &repo,
         catalog,
         manifest,
+        &[],
         &items,
         &stats_json,
         None,

@@ -110,12 +110,16 @@ async fn locate(catalog: &Catalog, repo_id: Uuid, order: &[ChunkId]) -> Result<V
 /// The shared end of a backup: everything it references is locked until
 /// `retain_until` (the packs it shares with older backups, the config and the
 /// keys), its manifest is stored (locked too), and the catalog marks it
-/// usable with its items in one transaction. Returns the manifest's stored
+/// usable with its items in one transaction. `more` are chunks the backup
+/// references outside the manifest (a resources backup's objects, listed in
+/// its object table). Returns the manifest's stored
 /// size (also added to the catalog's stats as `manifest_bytes`).
+#[allow(clippy::too_many_arguments)]
 async fn seal_and_finish(
     repo: &Arc<Repository>,
     catalog: &Catalog,
     manifest: Manifest,
+    more: &[ChunkLocation],
     items: &[ItemRow],
     stats: &serde_json::Value,
     error: Option<&str>,
@@ -123,7 +127,12 @@ async fn seal_and_finish(
 ) -> Result<u64> {
     let repo_id = manifest.repository_id;
     let id = manifest.backup_id;
-    let mut packs: Vec<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
+    let mut packs: Vec<String> = manifest
+        .chunks
+        .iter()
+        .chain(more)
+        .map(|c| c.pack.clone())
+        .collect();
     packs.sort();
     packs.dedup();
     if let Some(until) = retain_until {

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, ItemRow};
 use crate::cluster::Cluster;
 use crate::error::{Error, ErrorKind, Result};
+use crate::repo::chunker::{Chunking, Cutter};
 use crate::repo::manifest::{ChunkLocation, KubeObject, Manifest};
+use crate::repo::object_table::ObjectTable;
 use crate::repo::writer::{Job, write};
 use crate::repo::{ChunkId, Repository};
 use crate::resources::scope::{Scope, TypeName};
@@ -42,8 +44,13 @@ pub struct ResourcesSummary {
     pub opted_out_namespaces: Vec<String>,
     pub bytes: u64,
     pub new_bytes: u64,
-    /// Bytes of packs stored (new objects, compressed and encrypted).
+    /// Bytes of packs stored (new objects and object table chunks,
+    /// compressed and encrypted).
     pub stored_bytes: u64,
+    /// Size of the object table (see `repo::object_table`), and how much of
+    /// it was not stored yet.
+    pub table_bytes: u64,
+    pub table_new_bytes: u64,
     pub manifest_bytes: u64,
     /// Everything this backup put in the bucket: packs and manifest.
     pub uploaded_bytes: u64,
@@ -139,12 +146,9 @@ async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Listed>(256);
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
+    let mut known_after = known.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let on_pack = |pack: &crate::repo::pack::SealedPack, meta: &crate::store::ObjectMeta| {
-            handle
-                .block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
-                .map(drop)
-        };
+        let on_pack = on_pack(&handle, &catalog2, repo_id);
         write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
             let mut seen = Vec::new();
             while let Some(l) = rx.blocking_recv() {
@@ -201,6 +205,57 @@ async fn run(
         });
     }
     let chunks: Vec<ChunkLocation> = super::locate(catalog, repo_id, &list.order).await?;
+
+    // The table of objects and their chunks, through the pipeline too: an
+    // unchanged table is chunks already stored (see repo::object_table).
+    let table = ObjectTable { objects, chunks };
+    let table_json = serde_json::to_vec(&table).expect("the object table serialises");
+    let table_bytes = table_json.len() as u64;
+    known_after.extend(written.iter().map(|w| w.id));
+    let (repo2, catalog2) = (repo.clone(), catalog.clone());
+    let handle = tokio::runtime::Handle::current();
+    let (tags, table_written, table_stats) = tokio::task::spawn_blocking(move || {
+        let on_pack = on_pack(&handle, &catalog2, repo_id);
+        write(
+            &repo2,
+            known_after,
+            zstd_level,
+            retain_until,
+            &on_pack,
+            |sink| {
+                let seed = repo2.secret.chunker_seed();
+                let mut cutter = Cutter::new(Chunking::Cdc { seed });
+                let mut tags = 0u64;
+                let mut stopped = None;
+                let cut = cutter.cut(&table_json[..], |c: &[u8]| {
+                    let mut data = sink.buffer();
+                    data.extend_from_slice(c);
+                    sink.send(Job { tag: tags, data }).map_err(|e| {
+                        stopped = Some(e);
+                        std::io::Error::other("the pipeline stopped")
+                    })?;
+                    tags += 1;
+                    Ok::<_, std::io::Error>(())
+                });
+                match (stopped, cut) {
+                    (Some(e), _) => Err(e),
+                    (None, Err(e)) => Err(Error::io(
+                        e,
+                        ErrorKind::Failed,
+                        "cannot cut the object table",
+                    )),
+                    (None, Ok(_)) => Ok(tags),
+                }
+            },
+        )
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
+    let by_tag: HashMap<u64, ChunkId> = table_written.iter().map(|w| (w.tag, w.id)).collect();
+    let mut table_list = super::ChunkList::default();
+    let refs: Vec<u32> = (0..tags).map(|t| table_list.add(by_tag[&t])).collect();
+    let table_chunks = super::locate(catalog, repo_id, &table_list.order).await?;
+
     let manifest = Manifest {
         format: crate::repo::manifest::MANIFEST_FORMAT,
         backup_id: id,
@@ -213,11 +268,12 @@ async fn run(
         status: "complete".into(),
         problems: Vec::new(),
         entries: Vec::new(),
-        chunks,
+        chunks: table_chunks,
         etcd: None,
-        objects,
+        objects: Vec::new(),
+        object_table: Some(refs),
     };
-    let items = items(&manifest);
+    let items = items(&table.objects, &table.chunks);
     let mut summary = ResourcesSummary {
         backup_id: id,
         status: "complete".into(),
@@ -230,10 +286,12 @@ async fn run(
         opted_out_namespaces: reading.opted_out_namespaces.clone(),
         bytes: stats.bytes,
         new_bytes: stats.new_bytes,
-        stored_bytes: stats.stored_bytes,
+        stored_bytes: stats.stored_bytes + table_stats.stored_bytes,
+        table_bytes,
+        table_new_bytes: table_stats.new_bytes,
         manifest_bytes: 0,
         uploaded_bytes: 0,
-        packs: stats.packs,
+        packs: stats.packs + table_stats.packs,
         seconds: 0.0,
         objects_per_second: 0.0,
     };
@@ -242,6 +300,7 @@ async fn run(
         &repo,
         catalog,
         manifest,
+        &table.chunks,
         &items,
         &stats_json,
         None,
@@ -253,10 +312,24 @@ async fn run(
     Ok(summary)
 }
 
-/// The catalog items of a resources manifest: one per object, named
-/// `resource.group/namespace/name`, with its type and digest.
-pub fn items(m: &Manifest) -> Vec<ItemRow> {
-    m.objects
+/// Records each stored pack in the catalog, from the pipeline's thread.
+fn on_pack(
+    handle: &tokio::runtime::Handle,
+    catalog: &Catalog,
+    repo_id: Uuid,
+) -> impl Fn(&crate::repo::pack::SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
+    move |pack, meta| {
+        handle
+            .block_on(catalog.record_pack(repo_id, meta, &pack.sha256, &pack.index))
+            .map(drop)
+    }
+}
+
+/// The catalog items of a resources backup: one per object, named
+/// `resource.group/namespace/name`, with its type and digest (its chunk's
+/// id; `chunks` is what `objects` index).
+pub fn items(objects: &[KubeObject], chunks: &[ChunkLocation]) -> Vec<ItemRow> {
+    objects
         .iter()
         .map(|o| {
             let qualified = if o.group.is_empty() {
@@ -279,7 +352,7 @@ pub fn items(m: &Manifest) -> Vec<ItemRow> {
                     "kind": o.kind,
                     "namespace": o.namespace,
                     "name": o.name,
-                    "digest": m.chunks.get(o.chunk as usize).map(|c| c.id.to_hex()),
+                    "digest": chunks.get(o.chunk as usize).map(|c| c.id.to_hex()),
                 }),
             }
         })

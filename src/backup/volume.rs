@@ -208,6 +208,7 @@ async fn run_volume(
         chunks,
         etcd: None,
         objects: Vec::new(),
+        object_table: None,
     };
     let summary = summarize(id, status, parent, &manifest, &scan, &stats);
     let error = (!scan.problems.is_empty()).then(|| {
@@ -223,6 +224,7 @@ async fn run_volume(
         &repo,
         catalog,
         manifest,
+        &[],
         &items,
         &stats_json,
         error.as_deref(),

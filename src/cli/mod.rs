@@ -254,7 +254,9 @@ fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        // kube's client logs refusals in full at debug, and a refusal
+        // about a Secret may quote its data.
+        _ => "debug,kube_client=info",
     };
     let filter = EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

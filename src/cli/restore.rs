@@ -418,5 +418,7 @@ pub(crate) fn load_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {
             e
         }
     })?;
-    Manifest::open(id, &sealed, &repo.secret, repo.identity()?)
+    let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
+    crate::repo::object_table::expand(repo, &mut manifest)?;
+    Ok(manifest)
 }

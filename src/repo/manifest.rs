@@ -49,9 +49,15 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdSnapshot>,
     /// The objects of a resources backup, sorted by type, namespace and
-    /// name; each object's JSON is one chunk.
+    /// name; each object's JSON is one chunk. Stored in the object table,
+    /// not here; here once the table is read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<KubeObject>,
+    /// Where a resources backup keeps `objects` instead: indexes into
+    /// `chunks` of the chunks of its object table, in order
+    /// ([`super::object_table`]). Cleared by `object_table::expand`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_table: Option<Vec<u32>>,
 }
 
 /// One Kubernetes object of a resources backup. Its JSON (as the API

@@ -13,6 +13,7 @@
 pub mod chunker;
 pub mod crypto;
 pub mod manifest;
+pub mod object_table;
 pub mod pack;
 pub mod writer;
 

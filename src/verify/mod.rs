@@ -78,7 +78,11 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
         let manifest = repo
             .store
             .get(&crate::repo::manifest::manifest_key(id))
-            .and_then(|b| Manifest::open(id, &b, &repo.secret, identity));
+            .and_then(|b| Manifest::open(id, &b, &repo.secret, identity))
+            .and_then(|mut m| {
+                crate::repo::object_table::expand(repo, &mut m)?;
+                Ok(m)
+            });
         let manifest = match manifest {
             Ok(m) => m,
             Err(e) => {
@@ -89,6 +93,31 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
                 continue;
             }
         };
+        // A resources backup's packs: those of its object table (already
+        // read whole above) and those of its objects, named by object.
+        for loc in &manifest.chunks {
+            if !manifest.objects.is_empty() {
+                users
+                    .entry(loc.pack.clone())
+                    .or_default()
+                    .entry(id)
+                    .or_default();
+            }
+        }
+        for o in &manifest.objects {
+            if let Some(loc) = manifest.chunks.get(o.chunk as usize) {
+                let name = match &o.namespace {
+                    Some(ns) => format!("{} {ns}/{}", o.kind, o.name),
+                    None => format!("{} {}", o.kind, o.name),
+                };
+                users
+                    .entry(loc.pack.clone())
+                    .or_default()
+                    .entry(id)
+                    .or_default()
+                    .insert(name);
+            }
+        }
         for e in &manifest.entries {
             for x in &e.extents {
                 for &c in &x.chunks {
