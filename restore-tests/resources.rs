@@ -738,3 +738,34 @@ spec:
     got.sort();
     assert_eq!(got, ["settings", "web"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_restored_only_when_asked() {
+    let e = Env::new().await;
+    e.c.ok(&[
+        "patch",
+        "-n",
+        "shop",
+        "widget",
+        "w1",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"phase":"Ready"}}"#,
+    ]);
+    assert_eq!(e.get("shop", "widget", "w1")["status"]["phase"], "Ready");
+    let b = e.backup(&["--include-namespaces", "shop"]);
+    let id = b["backup_id"].as_str().unwrap();
+
+    e.c.ok(&["delete", "namespace", "shop"]);
+    e.restore(id, &[]);
+    assert!(e.get("shop", "widget", "w1").get("status").is_none());
+
+    e.c.ok(&["delete", "namespace", "shop"]);
+    let r = e.restore(id, &["--restore-status"]);
+    assert_eq!(counts(&r).4, 0, "{r:#}");
+    let w = e.get("shop", "widget", "w1");
+    assert_eq!(w["status"]["phase"], "Ready", "{w:#}");
+}

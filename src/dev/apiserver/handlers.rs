@@ -746,9 +746,18 @@ async fn patch_object(
                 let mut applied = patch_doc.clone();
                 check_body(t, &mut applied, Some(name))?;
                 let live_obj = live.map(|s| with_rv(s.object.clone(), s.revision));
-                let merged =
+                let merged = if t.sub.as_deref() == Some("status") {
+                    // An apply to /status sets the status as applied; this
+                    // server keeps no field ownership for status.
+                    let mut obj = live_obj
+                        .clone()
+                        .ok_or_else(|| ApiError::not_found(&t.resource(), name))?;
+                    obj["status"] = applied.get("status").cloned().unwrap_or(Value::Null);
+                    obj
+                } else {
                     patch::server_side_apply(live_obj.as_ref(), &applied, manager, force, &at)
-                        .map_err(|e| patch_error(t, name, e))?;
+                        .map_err(|e| patch_error(t, name, e))?
+                };
                 match live {
                     None => {
                         if let Some(ns) = &t.namespace {

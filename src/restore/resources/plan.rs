@@ -103,9 +103,13 @@ pub struct Step {
     pub outcome: Option<Outcome>,
     #[serde(skip)]
     pub ty: ResourceType,
-    /// The sanitised object to apply. Never printed: it may be a Secret.
+    /// The sanitised object to apply, as JSON. Never printed: it may be a
+    /// Secret.
     #[serde(skip)]
-    pub body: Value,
+    pub body: Vec<u8>,
+    /// Its status, applied after it with `--restore-status`.
+    #[serde(skip)]
+    pub status: Option<Value>,
     /// Not from the backup: a namespace the restored objects need.
     #[serde(skip)]
     pub implied: bool,
@@ -223,7 +227,8 @@ mod tests {
                 plural: String::new(),
                 namespaced: ns.is_some(),
             },
-            body: Value::Null,
+            body: Vec::new(),
+            status: None,
             implied: false,
         }
     }
