@@ -81,7 +81,7 @@ impl ClusterArgs {
 
 pub(crate) fn render_backup(s: &crate::backup::ResourcesSummary) -> String {
     let mut t = format!(
-        "backup {} ({}) of {}: {}\n  {} objects of {} types in {} namespaces, {} new ({} of {} stored)\n  uploaded {} (packs {}, manifest {}) in {:.1} s ({:.0} objects/s)\n",
+        "backup {} ({}) of {}: {}\n  {} objects of {} types in {} namespaces, {} new or changed ({} of {})\n  uploaded {} (packs {}, manifest {}) in {:.1} s ({:.0} objects/s)\n",
         s.backup_id,
         s.name,
         s.server,
@@ -152,16 +152,22 @@ pub(crate) fn render_restore(r: &Report) -> String {
         ));
     }
     let c = &r.summary;
-    t.push_str(&format!(
-        "{}: {} created, {} skipped, {} updated, {} recreated, {} failed ({} objects in {:.1} s)\n",
-        if r.dry_run { "plan" } else { "result" },
-        c.created,
-        c.skipped,
-        c.updated,
-        c.recreated,
-        c.failed,
-        r.steps.len(),
-        r.seconds
-    ));
+    if r.dry_run {
+        t.push_str(&format!(
+            "plan: {} to create, {} to skip, {} to update, {} to recreate, {} cannot be restored ({} objects)\n",
+            c.created, c.skipped, c.updated, c.recreated, c.failed, r.steps.len()
+        ));
+    } else {
+        t.push_str(&format!(
+            "result: {} created, {} skipped, {} updated, {} recreated, {} failed ({} objects in {:.1} s)\n",
+            c.created,
+            c.skipped,
+            c.updated,
+            c.recreated,
+            c.failed,
+            r.steps.len(),
+            r.seconds
+        ));
+    }
     t
 }
