@@ -109,11 +109,7 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2, ep2) = (repo.clone(), catalog.clone(), endpoint.clone());
     let (streamed, written, stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = |pack: &crate::repo::pack::SealedPack, meta: &crate::store::ObjectMeta| {
-            handle
-                .block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
-                .map(drop)
-        };
+        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
         write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
             snapshot::read(stream, &handle, &ep2, sink, &*progress)
         })

@@ -63,6 +63,19 @@ async fn start(
     Ok((id, known))
 }
 
+/// Records each stored pack in the catalog, from the pipeline's thread.
+fn record_packs(
+    handle: &tokio::runtime::Handle,
+    catalog: &Catalog,
+    repo_id: Uuid,
+) -> impl Fn(&crate::repo::pack::SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
+    move |pack, meta| {
+        handle
+            .block_on(catalog.record_pack(repo_id, meta, &pack.sha256, &pack.index))
+            .map(drop)
+    }
+}
+
 /// The chunks a manifest lists, each once, in first-use order; entries
 /// point into the list by index.
 #[derive(Default)]

@@ -148,7 +148,7 @@ async fn run(
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
     let mut known_after = known.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let on_pack = on_pack(&handle, &catalog2, repo_id);
+        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
         write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
             let mut seen = Vec::new();
             while let Some(l) = rx.blocking_recv() {
@@ -215,7 +215,7 @@ async fn run(
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
     let handle = tokio::runtime::Handle::current();
     let (tags, table_written, table_stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = on_pack(&handle, &catalog2, repo_id);
+        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
         write(
             &repo2,
             known_after,
@@ -310,19 +310,6 @@ async fn run(
     summary.manifest_bytes = manifest_bytes;
     summary.uploaded_bytes = summary.stored_bytes + manifest_bytes;
     Ok(summary)
-}
-
-/// Records each stored pack in the catalog, from the pipeline's thread.
-fn on_pack(
-    handle: &tokio::runtime::Handle,
-    catalog: &Catalog,
-    repo_id: Uuid,
-) -> impl Fn(&crate::repo::pack::SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
-    move |pack, meta| {
-        handle
-            .block_on(catalog.record_pack(repo_id, meta, &pack.sha256, &pack.index))
-            .map(drop)
-    }
 }
 
 /// The catalog items of a resources backup: one per object, named

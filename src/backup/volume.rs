@@ -112,11 +112,7 @@ async fn run_volume(
     let (repo2, catalog2, source2) = (repo.clone(), catalog.clone(), source.clone());
     let repo_id = repo.config.id;
     let (mut scan, written, stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = |pack: &crate::repo::pack::SealedPack, meta: &crate::store::ObjectMeta| {
-            handle
-                .block_on(catalog2.record_pack(repo_id, meta, &pack.sha256, &pack.index))
-                .map(drop)
-        };
+        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
         let seed = repo2.secret.chunker_seed();
         write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
             volume::read(&source2, &stamps, seed, sink, &*progress)

@@ -85,6 +85,21 @@ pub(crate) struct ResourcesArgs {
     retention: Option<chrono::Duration>,
 }
 
+/// Runs a backup with a progress callback that feeds `bar`, and clears the
+/// bar when it ends, whichever way.
+async fn with_progress<T, F>(
+    bar: indicatif::ProgressBar,
+    backup: impl FnOnce(Arc<dyn Fn(u64) + Send + Sync>) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let b2 = bar.clone();
+    let result = backup(Arc::new(move |n| b2.inc(n))).await;
+    bar.finish_and_clear();
+    result
+}
+
 /// Like [`parse_duration`], and `0s` is allowed.
 pub(crate) fn parse_duration_or_zero(s: &str) -> std::result::Result<chrono::Duration, String> {
     if s.strip_suffix(['s', 'm', 'h', 'd'])
@@ -142,19 +157,18 @@ impl BackupCommand {
                     retain_until,
                 } = Writer::open(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "read");
-                let b2 = bar.clone();
-                let summary = crate::backup::backup_volume(
-                    repo,
-                    &catalog,
-                    &name,
-                    source,
-                    level,
-                    retain_until,
-                    Arc::new(move |n| b2.inc(n)),
-                )
-                .await;
-                bar.finish_and_clear();
-                let summary = summary?;
+                let summary = with_progress(bar, |p| {
+                    crate::backup::backup_volume(
+                        repo,
+                        &catalog,
+                        &name,
+                        source,
+                        level,
+                        retain_until,
+                        p,
+                    )
+                })
+                .await?;
                 out.emit(&summary, || render_summary(&summary));
                 if summary.status == "partial" {
                     return Err(Error::new(
@@ -184,19 +198,18 @@ impl BackupCommand {
                     retain_until,
                 } = Writer::open(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "streamed");
-                let b2 = bar.clone();
-                let summary = crate::backup::backup_etcd(
-                    repo,
-                    &catalog,
-                    &cfg,
-                    &args.name,
-                    level,
-                    retain_until,
-                    Arc::new(move |n| b2.inc(n)),
-                )
-                .await;
-                bar.finish_and_clear();
-                let s = summary?;
+                let s = with_progress(bar, |p| {
+                    crate::backup::backup_etcd(
+                        repo,
+                        &catalog,
+                        &cfg,
+                        &args.name,
+                        level,
+                        retain_until,
+                        p,
+                    )
+                })
+                .await?;
                 out.emit(&s, || render_etcd(&s));
                 Ok(())
             }
@@ -211,20 +224,19 @@ impl BackupCommand {
                 } = Writer::open(&loaded.config, args.retention)?;
                 let cluster = args.cluster.connect(&loaded.config).await?;
                 let bar = super::progress::counter("objects");
-                let b2 = bar.clone();
-                let summary = crate::backup::backup_resources(
-                    repo,
-                    &catalog,
-                    &cluster,
-                    &scope,
-                    &args.name,
-                    level,
-                    retain_until,
-                    Arc::new(move |n| b2.inc(n)),
-                )
-                .await;
-                bar.finish_and_clear();
-                let s = summary?;
+                let s = with_progress(bar, |p| {
+                    crate::backup::backup_resources(
+                        repo,
+                        &catalog,
+                        &cluster,
+                        &scope,
+                        &args.name,
+                        level,
+                        retain_until,
+                        p,
+                    )
+                })
+                .await?;
                 out.emit(&s, || super::resources::render_backup(&s));
                 Ok(())
             }
