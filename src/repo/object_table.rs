@@ -55,20 +55,7 @@ pub fn expand(repo: &Repository, m: &mut Manifest) -> Result<()> {
             let pack = OpenPack::fetch(&*repo.store, &loc.pack, identity)?;
             packs.insert(loc.pack.as_str(), pack);
         }
-        let pack = &packs[loc.pack.as_str()];
-        let entry = pack
-            .index
-            .chunks
-            .iter()
-            .find(|e| e.offset == loc.offset && e.id == loc.id && e.length == loc.length)
-            .ok_or_else(|| {
-                damaged(format!(
-                    "pack {} does not hold chunk {}",
-                    loc.pack,
-                    loc.id.to_hex()
-                ))
-            })?;
-        bytes.extend(pack.chunk(entry, &repo.secret, &mut zstd)?);
+        bytes.extend(packs[loc.pack.as_str()].chunk_at(loc, &repo.secret, &mut zstd)?);
     }
     let t: ObjectTable =
         serde_json::from_slice(&bytes).map_err(|e| damaged(format!("not a table: {e}")))?;

@@ -278,6 +278,8 @@ pub struct OpenPack {
     pub key: String,
     bytes: Vec<u8>,
     pub index: PackIndex,
+    /// Index entries by offset, for [`OpenPack::chunk_at`].
+    at_offset: std::collections::HashMap<u32, usize>,
 }
 
 impl OpenPack {
@@ -303,10 +305,17 @@ impl OpenPack {
             },
         };
         let index = read_index(key, &bytes, identity)?;
+        let at_offset = index
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.offset, i))
+            .collect();
         Ok(OpenPack {
             key: key.to_string(),
             bytes,
             index,
+            at_offset,
         })
     }
 
@@ -327,5 +336,32 @@ impl OpenPack {
         let blob = &self.bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
         let key = self.index.key(&self.key, entry)?;
         open_chunk(blob, entry, key, secret, &self.key, zstd)
+    }
+
+    /// The plaintext of the chunk a manifest places at `loc`: the pack's own
+    /// index must agree with the manifest on the chunk there (id and
+    /// lengths), then the chunk is checked against its id.
+    pub fn chunk_at(
+        &self,
+        loc: &super::manifest::ChunkLocation,
+        secret: &RepoSecret,
+        zstd: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<Vec<u8>> {
+        let entry = self
+            .at_offset
+            .get(&loc.offset)
+            .map(|&i| &self.index.chunks[i])
+            .filter(|e| e.id == loc.id && e.length == loc.length && e.raw_length == loc.raw_length)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "pack {} does not hold chunk {} where the manifest says",
+                        self.key,
+                        loc.id.to_hex()
+                    ),
+                )
+            })?;
+        self.chunk(entry, secret, zstd)
     }
 }

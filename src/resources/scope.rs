@@ -361,6 +361,17 @@ impl Uses {
     }
 }
 
+/// The cluster-scoped types whose objects [`Uses::wants`] can take: in
+/// `auto` mode no other cluster-scoped type is read or restored.
+pub const RELATED: &[&str] = &[
+    "namespaces",
+    "persistentvolumes",
+    "storageclasses.storage.k8s.io",
+    "customresourcedefinitions.apiextensions.k8s.io",
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+];
+
 /// `--namespace-mapping old=new,...`: restore the objects of `old` into `new`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NamespaceMapping(BTreeMap<String, String>);

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{Entry, EntryKind, Manifest};
-use crate::repo::pack::{IndexEntry, OpenPack};
+use crate::repo::pack::OpenPack;
 use crate::source::volume::unescape;
 
 #[derive(Debug, Clone, Serialize)]
@@ -328,8 +328,6 @@ fn restore_pack(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let pack = OpenPack::fetch(&*repo.store, pack, identity)?;
-    let at_offset: HashMap<u32, &IndexEntry> =
-        pack.index.chunks.iter().map(|e| (e.offset, e)).collect();
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.
@@ -341,22 +339,7 @@ fn restore_pack(
         let loc = &manifest.chunks[ci as usize];
         if current.as_ref().is_none_or(|(c, _)| *c != ci) {
             // The manifest and the pack's own index must agree on the chunk.
-            let entry = at_offset
-                .get(&loc.offset)
-                .filter(|e| {
-                    e.id == loc.id && e.length == loc.length && e.raw_length == loc.raw_length
-                })
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Integrity,
-                        format!(
-                            "pack {} does not hold chunk {} where the manifest says",
-                            pack.key,
-                            loc.id.to_hex()
-                        ),
-                    )
-                })?;
-            current = Some((ci, pack.chunk(entry, &repo.secret, &mut zstd)?));
+            current = Some((ci, pack.chunk_at(loc, &repo.secret, &mut zstd)?));
         }
         let data = &current.as_ref().expect("set above").1;
         let e = &manifest.entries[ei];

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::Sender;
 use crate::cluster::Cluster;
 use crate::cluster::discovery::{self, Lister, ResourceType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::resources::scope::{OPT_OUT_LABEL, Scope, TypeName, Uses, opted_out};
+use crate::resources::scope::{OPT_OUT_LABEL, RELATED, Scope, TypeName, Uses, opted_out};
 
 /// One object as listed.
 pub struct Listed {
@@ -39,16 +39,6 @@ pub struct Reading {
     /// Whether namespaced types are listed one namespace at a time.
     per_namespace: bool,
 }
-
-/// The cluster-scoped types whose objects namespaces can use (see
-/// [`Uses`]); in auto mode no other is read.
-const RELATED: &[&str] = &[
-    "persistentvolumes",
-    "storageclasses.storage.k8s.io",
-    "customresourcedefinitions.apiextensions.k8s.io",
-    "clusterroles.rbac.authorization.k8s.io",
-    "clusterrolebindings.rbac.authorization.k8s.io",
-];
 
 /// Requests in flight while listing.
 const LISTS_IN_FLIGHT: usize = 4;

@@ -27,8 +27,8 @@ use crate::cluster::{Cluster, ResourceType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{KubeObject, Manifest};
-use crate::repo::pack::{IndexEntry, OpenPack};
-use crate::resources::scope::{ClusterResources, NamespaceMapping, Scope, TypeName, Uses};
+use crate::repo::pack::OpenPack;
+use crate::resources::scope::{ClusterResources, NamespaceMapping, RELATED, Scope, TypeName, Uses};
 use plan::{Action, Counts, Existing, Outcome, Phase, Step};
 pub use sanitize::Keep;
 
@@ -80,16 +80,6 @@ fn type_of(o: &KubeObject) -> ResourceType {
         namespaced: o.namespace.is_some(),
     }
 }
-
-/// The cluster-scoped types whose objects `auto` may bring along.
-const RELATED: &[&str] = &[
-    "namespaces",
-    "persistentvolumes",
-    "storageclasses.storage.k8s.io",
-    "customresourcedefinitions.apiextensions.k8s.io",
-    "clusterroles.rbac.authorization.k8s.io",
-    "clusterrolebindings.rbac.authorization.k8s.io",
-];
 
 /// Reads the objects of the backup that may be in scope, each verified
 /// (pack hash, then chunk id) on the way. Blocking.
@@ -143,25 +133,11 @@ pub fn load(repo: &Repository, manifest: &Manifest, scope: &Scope) -> Result<Vec
                     };
                     let r = (|| -> Result<()> {
                         let pack = OpenPack::fetch(&*repo.store, key, identity)?;
-                        let at: HashMap<u32, &IndexEntry> =
-                            pack.index.chunks.iter().map(|e| (e.offset, e)).collect();
                         let mut got = Vec::with_capacity(objects.len());
                         for i in objects {
                             let o = &manifest.objects[i];
                             let loc = &manifest.chunks[o.chunk as usize];
-                            let entry = at
-                                .get(&loc.offset)
-                                .filter(|e| e.id == loc.id && e.length == loc.length)
-                                .ok_or_else(|| {
-                                    Error::new(
-                                        ErrorKind::Integrity,
-                                        format!(
-                                            "pack {key} does not hold object {}/{} where the manifest says",
-                                            o.resource, o.name
-                                        ),
-                                    )
-                                })?;
-                            let data = pack.chunk(entry, &repo.secret, &mut zstd)?;
+                            let data = pack.chunk_at(loc, &repo.secret, &mut zstd)?;
                             let value: Value = serde_json::from_slice(&data).map_err(|e| {
                                 Error::new(
                                     ErrorKind::Integrity,
