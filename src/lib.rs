@@ -30,6 +30,7 @@ pub mod dev;
 pub mod error;
 pub mod gc;
 pub mod keys;
+mod parallel;
 pub mod rebuild;
 pub mod repo;
 pub mod resources;

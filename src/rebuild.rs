@@ -29,7 +29,6 @@
 //! garbage. docs/catalog.md has the operator's view.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -212,55 +211,38 @@ async fn rebuild_packs(
     let (repo2, catalog2, progress2) = (repo.clone(), catalog.clone(), progress.clone());
     let outcomes = blocking(move || {
         let identity = repo2.identity()?;
-        let queue = Mutex::new(listed.into_iter());
         let results: Mutex<Vec<(String, PackOutcome)>> = Mutex::new(Vec::new());
-        let fatal: Mutex<Option<Error>> = Mutex::new(None);
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for _ in 0..PACK_READERS {
-                s.spawn(|| {
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        // Bind, so the guard is dropped before the work.
-                        let next = queue.lock().unwrap().next();
-                        let Some(object) = next else { return };
-                        let key = object.key;
-                        let outcome = read_pack(&*repo2.store, identity, &key).and_then(|p| {
-                            let added = handle.block_on(
-                                catalog2.record_pack(repo_id, &p.meta, &p.sha256, &p.index),
-                            )?;
-                            Ok(PackOutcome::Recorded {
-                                chunks: p.index.len() as u64,
-                                added,
-                                warning: p.warning,
-                            })
-                        });
-                        let outcome = match outcome {
-                            Ok(o) => o,
-                            Err(e) if condemns_object(&e) => {
-                                tracing::warn!(pack = %key, error = %e.what(), "pack left out");
-                                PackOutcome::Damaged(Rejected {
-                                    key: key.clone(),
-                                    reason: reason(&e),
-                                })
-                            }
-                            Err(e) => {
-                                stop.store(true, Ordering::Relaxed);
-                                fatal.lock().unwrap().get_or_insert(e);
-                                return;
-                            }
-                        };
-                        results.lock().unwrap().push((key, outcome));
-                        progress2(Step::Done);
-                    }
+        crate::parallel::try_for_each(
+            listed,
+            PACK_READERS,
+            || (),
+            |_, object| {
+                let key = object.key;
+                let outcome = read_pack(&*repo2.store, identity, &key).and_then(|p| {
+                    let added = handle
+                        .block_on(catalog2.record_pack(repo_id, &p.meta, &p.sha256, &p.index))?;
+                    Ok(PackOutcome::Recorded {
+                        chunks: p.index.len() as u64,
+                        added,
+                        warning: p.warning,
+                    })
                 });
-            }
-        });
-        if let Some(e) = fatal.into_inner().unwrap() {
-            return Err(e);
-        }
+                let outcome = match outcome {
+                    Ok(o) => o,
+                    Err(e) if condemns_object(&e) => {
+                        tracing::warn!(pack = %key, error = %e.what(), "pack left out");
+                        PackOutcome::Damaged(Rejected {
+                            key: key.clone(),
+                            reason: reason(&e),
+                        })
+                    }
+                    Err(e) => return Err(e),
+                };
+                results.lock().unwrap().push((key, outcome));
+                progress2(Step::Done);
+                Ok(())
+            },
+        )?;
         Ok(results.into_inner().unwrap())
     })
     .await?;

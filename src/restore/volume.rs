@@ -11,7 +11,6 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -211,39 +210,17 @@ pub fn restore(
     }
     let mut packs: Vec<_> = by_pack.into_iter().collect();
     packs.sort_by(|a, b| a.0.cmp(b.0));
-    let queue = Mutex::new(packs.into_iter());
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
     let packs_read = AtomicU64::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    if failure.lock().unwrap().is_some() {
-                        return;
-                    }
-                    let Some((pack, uses)) = queue.lock().unwrap().next() else {
-                        return;
-                    };
-                    let r = restore_pack(repo, identity, manifest, pack, &uses, &dest, progress);
-                    match r {
-                        Ok(()) => {
-                            packs_read.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            failure.lock().unwrap().get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
+    crate::parallel::try_for_each(
+        packs,
+        crate::parallel::threads(),
+        crate::repo::pack::decompressor,
+        |zstd, (pack, uses)| {
+            restore_pack(repo, identity, manifest, pack, uses, &dest, progress, zstd)?;
+            packs_read.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        },
+    )?;
     summary.packs_read = packs_read.into_inner();
     if block {
         return Ok(summary);
@@ -318,28 +295,28 @@ pub fn restore(
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore_pack(
     repo: &Repository,
     identity: &crate::repo::Identity,
     manifest: &Manifest,
     pack: &str,
-    uses: &[(u32, usize, u64)],
+    mut uses: Vec<(u32, usize, u64)>,
     dest: &dyn Fn(&Entry) -> Result<PathBuf>,
     progress: &(dyn Fn(u64) + Sync),
+    zstd: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<()> {
     let pack = OpenPack::fetch(&*repo.store, pack, identity)?;
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.
-    let mut uses = uses.to_vec();
     uses.sort_unstable();
     let mut current: Option<(u32, Vec<u8>)> = None;
-    let mut zstd = crate::repo::pack::decompressor();
     for (ci, ei, at) in uses {
         let loc = &manifest.chunks[ci as usize];
         if current.as_ref().is_none_or(|(c, _)| *c != ci) {
             // The manifest and the pack's own index must agree on the chunk.
-            current = Some((ci, pack.chunk_at(loc, &repo.secret, &mut zstd)?));
+            current = Some((ci, pack.chunk_at(loc, &repo.secret, zstd)?));
         }
         let data = &current.as_ref().expect("set above").1;
         let e = &manifest.entries[ei];

@@ -136,31 +136,26 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
     report.packs = users.len() as u64;
     let chosen = choose(users.keys().cloned().collect(), read_share);
     // Packs are checked on every core; each is read whole and dropped.
-    let queue = std::sync::Mutex::new(users.iter());
     let results = std::sync::Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    // The guard must not live across the work: bind, then drop.
-                    let next = queue.lock().unwrap().next();
-                    let Some((pack, who)) = next else { return };
-                    let read = chosen.contains(pack);
-                    let outcome = if read {
-                        read_pack(repo, identity, pack)
-                    } else {
-                        match repo.store.head(pack) {
-                            Ok(Some(_)) => Ok((0, 0)),
-                            Ok(None) => Err(format!("pack {pack} is missing")),
-                            Err(e) => Err(e.report().trim_end().to_string()),
-                        }
-                    };
-                    results.lock().unwrap().push((pack, who, read, outcome));
+    crate::parallel::try_for_each(
+        &users,
+        crate::parallel::threads(),
+        || (),
+        |_, (pack, who)| {
+            let read = chosen.contains(pack);
+            let outcome = if read {
+                read_pack(repo, identity, pack)
+            } else {
+                match repo.store.head(pack) {
+                    Ok(Some(_)) => Ok((0, 0)),
+                    Ok(None) => Err(format!("pack {pack} is missing")),
+                    Err(e) => Err(e.report().trim_end().to_string()),
                 }
-            });
-        }
-    });
+            };
+            results.lock().unwrap().push((pack, who, read, outcome));
+            Ok(())
+        },
+    )?;
     let mut results = results.into_inner().unwrap();
     results.sort_by(|a, b| a.0.cmp(b.0));
     for (pack, who, read, outcome) in results {

@@ -116,50 +116,30 @@ pub fn load(repo: &Repository, manifest: &Manifest, scope: &Scope) -> Result<Vec
         by_pack.entry(loc.pack.as_str()).or_default().push(i);
     }
     let identity = repo.identity()?;
-    let queue = Mutex::new(by_pack.into_iter());
     let out = Mutex::new(Vec::with_capacity(wanted.len()));
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut zstd = crate::repo::pack::decompressor();
-                loop {
-                    if failure.lock().unwrap().is_some() {
-                        return;
-                    }
-                    let Some((key, objects)) = queue.lock().unwrap().next() else {
-                        return;
-                    };
-                    let r = (|| -> Result<()> {
-                        let pack = OpenPack::fetch(&*repo.store, key, identity)?;
-                        let mut got = Vec::with_capacity(objects.len());
-                        for i in objects {
-                            let o = &manifest.objects[i];
-                            let loc = &manifest.chunks[o.chunk as usize];
-                            let data = pack.chunk_at(loc, &repo.secret, &mut zstd)?;
-                            let value: Value = serde_json::from_slice(&data).map_err(|e| {
-                                Error::new(
-                                    ErrorKind::Integrity,
-                                    format!("object {}/{} is not JSON: {e}", o.resource, o.name),
-                                )
-                            })?;
-                            got.push((i, value));
-                        }
-                        out.lock().unwrap().extend(got);
-                        Ok(())
-                    })();
-                    if let Err(e) = r {
-                        failure.lock().unwrap().get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
+    crate::parallel::try_for_each(
+        by_pack,
+        crate::parallel::threads(),
+        crate::repo::pack::decompressor,
+        |zstd, (key, objects)| {
+            let pack = OpenPack::fetch(&*repo.store, key, identity)?;
+            let mut got = Vec::with_capacity(objects.len());
+            for i in objects {
+                let o = &manifest.objects[i];
+                let loc = &manifest.chunks[o.chunk as usize];
+                let data = pack.chunk_at(loc, &repo.secret, zstd)?;
+                let value: Value = serde_json::from_slice(&data).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        format!("object {}/{} is not JSON: {e}", o.resource, o.name),
+                    )
+                })?;
+                got.push((i, value));
+            }
+            out.lock().unwrap().extend(got);
+            Ok(())
+        },
+    )?;
     let mut out = out.into_inner().unwrap();
     out.sort_by_key(|(i, _)| *i);
     Ok(out)
