@@ -5,11 +5,15 @@
 //!
 //! ```text
 //! producer (caller: reads, cuts chunks)
-//!   ─[N chunks]→ workers ×N (id, dedup, compress, encrypt)
-//!   ─[4 blobs]→ packer (fills a 16 MiB pack)
+//!   ─[1 chunk]→ workers ×N (id, dedup, compress, encrypt)
+//!   ─[1 blob]→ packer (fills a 16 MiB pack)
 //!   ─[handover]→ uploader (put-once, then records the pack in the catalog)
 //! ```
 //! At most about 2N + 4 chunks of ≤ 4 MiB plus two packs are in memory.
+//! The queues hold one item each: with a worker per core, a deeper queue
+//! only holds more chunk buffers (measured: peak RSS of a full volume backup
+//! 112-127 MiB with N chunks and 2 blobs queued, 105-111 MiB with one each,
+//! the same speed within noise).
 //! A chunk enters the dedup set before it is packed, so a chunk seen twice in
 //! one backup is stored once. A pack's chunks are recorded only after the
 //! pack is stored, so the catalog never points at data that is not there: a
@@ -138,8 +142,8 @@ pub fn write<R: Send>(
 ) -> Result<(R, Vec<Written>, WriteStats)> {
     let recipients = repo.recipients()?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (job_tx, job_rx) = sync_channel::<Job>(workers);
-    let (blob_tx, blob_rx) = sync_channel::<Blob>(2);
+    let (job_tx, job_rx) = sync_channel::<Job>(1);
+    let (blob_tx, blob_rx) = sync_channel::<Blob>(1);
     // One data key per worker for this run: a blob names its key by number.
     let keys: Vec<DataKey> = (0..workers)
         .map(|_| DataKey::generate())
@@ -290,14 +294,18 @@ fn pack_stage(
     let mut builder = PackBuilder::with_capacity(capacity);
     for (id, blob, raw, key) in blobs {
         if !builder.is_empty() && builder.len() + blob.len() > pack_size {
-            let next = match spare.try_recv() {
-                Ok(buf) => PackBuilder::with_buffer(buf),
-                Err(_) => PackBuilder::with_capacity(capacity),
-            };
-            let full = std::mem::replace(&mut builder, next);
+            let full = std::mem::take(&mut builder);
             if packs.send(full.finish(recipients, keys)).is_err() {
                 return;
             }
+            // Only now: the send returns once the uploader has stored the
+            // pack before and handed its buffer back. Taken before the send,
+            // that buffer was not back yet, a third one was allocated, and
+            // three packs stayed resident (+16 MiB peak RSS).
+            builder = match spare.try_recv() {
+                Ok(buf) => PackBuilder::with_buffer(buf),
+                Err(_) => PackBuilder::with_capacity(capacity),
+            };
         }
         builder.add(id, &blob, raw, key);
         pool.give(blob);
