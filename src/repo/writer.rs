@@ -300,8 +300,7 @@ fn pack_stage(
             }
             // Only now: the send returns once the uploader has stored the
             // pack before and handed its buffer back. Taken before the send,
-            // that buffer was not back yet, a third one was allocated, and
-            // three packs stayed resident (+16 MiB peak RSS).
+            // that buffer was often not back yet and a third was allocated.
             builder = match spare.try_recv() {
                 Ok(buf) => PackBuilder::with_buffer(buf),
                 Err(_) => PackBuilder::with_capacity(capacity),
