@@ -49,14 +49,17 @@ pub struct EtcdSummary {
 
 /// Backs up etcd: picks a healthy member and streams its snapshot.
 pub async fn backup_etcd(
-    repo: Arc<Repository>,
+    writer: super::Writer,
     catalog: &Catalog,
     cfg: &EtcdConfig,
     name: &str,
-    zstd_level: i32,
-    retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<EtcdSummary> {
+    let super::Writer {
+        repo,
+        zstd_level,
+        retain_until,
+    } = writer;
     let started = Instant::now();
     // Choose the member before recording anything: a cluster that cannot
     // be backed up leaves no failed backup behind, only the error.

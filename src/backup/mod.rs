@@ -30,6 +30,15 @@ pub use etcd::{EtcdSummary, backup_etcd};
 pub use resources::{ResourcesSummary, backup_resources};
 pub use volume::{Summary, backup_volume};
 
+/// What every backup writes with: the repository (recipients and secret,
+/// never the identity), the zstd level, and until when the backup's objects
+/// are locked.
+pub struct Writer {
+    pub repo: Arc<Repository>,
+    pub zstd_level: i32,
+    pub retain_until: Option<DateTime<Utc>>,
+}
+
 /// Runs `body` for backup `id`, marking the backup failed when it fails.
 async fn or_fail<T>(
     catalog: &Catalog,

@@ -60,17 +60,19 @@ pub struct ResourcesSummary {
 }
 
 /// Backs up the objects of `scope` on `cluster`.
-#[allow(clippy::too_many_arguments)]
 pub async fn backup_resources(
-    repo: Arc<Repository>,
+    writer: super::Writer,
     catalog: &Catalog,
     cluster: &Cluster,
     scope: &Scope,
     name: &str,
-    zstd_level: i32,
-    retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<ResourcesSummary> {
+    let super::Writer {
+        repo,
+        zstd_level,
+        retain_until,
+    } = writer;
     let started = Instant::now();
     // Check the scope against the server before recording anything: a
     // typo in a namespace leaves no failed backup behind, only the error.

@@ -42,14 +42,17 @@ pub struct Summary {
 
 /// Backs up a volume. `progress` is told of bytes read as they are.
 pub async fn backup_volume(
-    repo: Arc<Repository>,
+    writer: super::Writer,
     catalog: &Catalog,
     name: &str,
     source: Source,
-    zstd_level: i32,
-    retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Summary> {
+    let super::Writer {
+        repo,
+        zstd_level,
+        retain_until,
+    } = writer;
     let started = Instant::now();
     let repo_id = catalog
         .ensure_repository(&repo.config, &repo.store.location())

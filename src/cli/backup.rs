@@ -151,22 +151,10 @@ impl BackupCommand {
                             .with_guidance("pass --name NAME")
                         })?,
                 };
-                let Writer {
-                    repo,
-                    level,
-                    retain_until,
-                } = Writer::open(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "read");
                 let summary = with_progress(bar, |p| {
-                    crate::backup::backup_volume(
-                        repo,
-                        &catalog,
-                        &name,
-                        source,
-                        level,
-                        retain_until,
-                        p,
-                    )
+                    crate::backup::backup_volume(writer, &catalog, &name, source, p)
                 })
                 .await?;
                 out.emit(&summary, || render_summary(&summary));
@@ -192,22 +180,10 @@ impl BackupCommand {
                          key_file (docs/configuration.md)",
                     )
                 })?;
-                let Writer {
-                    repo,
-                    level,
-                    retain_until,
-                } = Writer::open(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, args.retention)?;
                 let bar = super::progress::bytes(None, "streamed");
                 let s = with_progress(bar, |p| {
-                    crate::backup::backup_etcd(
-                        repo,
-                        &catalog,
-                        &cfg,
-                        &args.name,
-                        level,
-                        retain_until,
-                        p,
-                    )
+                    crate::backup::backup_etcd(writer, &catalog, &cfg, &args.name, p)
                 })
                 .await?;
                 out.emit(&s, || render_etcd(&s));
@@ -217,23 +193,12 @@ impl BackupCommand {
                 // Bad flags and an unreachable cluster fail before the
                 // repository is touched.
                 let scope = args.scope.scope()?;
-                let Writer {
-                    repo,
-                    level,
-                    retain_until,
-                } = Writer::open(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, args.retention)?;
                 let cluster = args.cluster.connect(&loaded.config).await?;
                 let bar = super::progress::counter("objects");
                 let s = with_progress(bar, |p| {
                     crate::backup::backup_resources(
-                        repo,
-                        &catalog,
-                        &cluster,
-                        &scope,
-                        &args.name,
-                        level,
-                        retain_until,
-                        p,
+                        writer, &catalog, &cluster, &scope, &args.name, p,
                     )
                 })
                 .await?;
@@ -336,25 +301,20 @@ fn render_summary(s: &Summary) -> String {
     t
 }
 
-/// What every backup writes with: the repository (recipients and secret,
-/// no identity), the zstd level and how long the backup is kept.
-struct Writer {
-    repo: Arc<crate::repo::Repository>,
-    level: i32,
-    retain_until: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl Writer {
-    fn open(config: &crate::config::Config, given: Option<chrono::Duration>) -> Result<Writer> {
-        Ok(Writer {
-            repo: Arc::new(super::open_repo(config, None, true)?),
-            level: config
-                .repository
-                .zstd_level
-                .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
-            retain_until: retention(config, given),
-        })
-    }
+/// The repository opened for writing (recipients and secret, no identity),
+/// with the configured zstd level and the backup's retention.
+fn writer(
+    config: &crate::config::Config,
+    given: Option<chrono::Duration>,
+) -> Result<crate::backup::Writer> {
+    Ok(crate::backup::Writer {
+        repo: Arc::new(super::open_repo(config, None, true)?),
+        zstd_level: config
+            .repository
+            .zstd_level
+            .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
+        retain_until: retention(config, given),
+    })
 }
 
 /// When a backup's objects may go: `--retention` from now, or the bucket's
