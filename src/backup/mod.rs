@@ -77,7 +77,7 @@ fn record_packs(
     handle: &tokio::runtime::Handle,
     catalog: &Catalog,
     repo_id: Uuid,
-) -> impl Fn(&crate::repo::pack::SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
+) -> impl Fn(&crate::repo::pack::StoredPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
     move |pack, meta| {
         handle
             .block_on(catalog.record_pack(repo_id, meta, &pack.sha256, &pack.index))

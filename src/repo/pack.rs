@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::crypto::{ChunkId, DataKey, Identity, Recipients, RepoSecret};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{Store, sha256};
+use crate::store::{ObjectMeta, Store, Upload, sha256};
 
 const MAGIC: &[u8; 8] = b"DRCTLPK1";
 const FLAG_RAW: u8 = 0;
@@ -136,79 +136,92 @@ pub fn decompressor() -> zstd::bulk::Decompressor<'static> {
     zstd::bulk::Decompressor::new().expect("zstd context")
 }
 
-/// Collects blobs into a pack.
-#[derive(Default)]
-pub struct PackBuilder {
-    buf: Vec<u8>,
+/// Writes blobs into a pack as they come, straight into the store's
+/// [`Upload`]: on a store that streams, a pack is never whole in memory.
+pub struct PackWriter<'s> {
+    upload: Box<dyn Upload + 's>,
+    len: usize,
     index: Vec<IndexEntry>,
 }
 
-/// A finished pack, ready to store.
-pub struct SealedPack {
+/// A pack with its index written, ready to store.
+pub struct SealedPack<'s> {
+    upload: Box<dyn Upload + 's>,
+    index: Vec<IndexEntry>,
+}
+
+/// A pack in the store.
+pub struct StoredPack {
     pub key: String,
     pub sha256: [u8; 32],
-    pub bytes: Vec<u8>,
     pub index: Vec<IndexEntry>,
 }
 
-impl PackBuilder {
-    /// `bytes` should cover a full pack plus one maximal chunk and the
-    /// index, so the buffer is never reallocated (a doubling would briefly
-    /// hold two packs).
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self::with_buffer(Vec::with_capacity(bytes))
-    }
-
-    /// Reuses the buffer of a pack already stored.
-    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        PackBuilder {
-            buf,
+impl<'s> PackWriter<'s> {
+    pub fn new(upload: Box<dyn Upload + 's>) -> Self {
+        PackWriter {
+            upload,
+            len: 0,
             index: Vec::new(),
         }
     }
 
     /// Adds a blob sealed with data key number `key` of the writer.
-    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize, key: u8) {
+    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize, key: u8) -> Result<()> {
         self.index.push(IndexEntry {
             id,
-            offset: self.buf.len() as u32,
+            offset: self.len as u32,
             length: blob.len() as u32,
             raw_length: raw_length as u32,
             key,
         });
-        self.buf.extend_from_slice(blob);
+        self.upload.write(blob)?;
+        self.len += blob.len();
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
-    /// Seals the pack; `keys` are the writer's data keys, by number.
-    pub fn finish(mut self, recipients: &Recipients, keys: &[DataKey]) -> SealedPack {
+    /// Writes the index, sealed to the recipients, and the trailer; `keys`
+    /// are the writer's data keys, by number.
+    pub fn seal(mut self, recipients: &Recipients, keys: &[DataKey]) -> Result<SealedPack<'s>> {
         let index = PackIndex {
             keys: keys.to_vec(),
             chunks: self.index,
         };
         let index_json = serde_json::to_vec(&index).expect("index serialises");
-        self.index = index.chunks;
-        let index = index_json;
-        let sealed = recipients.encrypt(&zstd::bulk::compress(&index, 3).expect("zstd in memory"));
-        self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(MAGIC);
-        let sha = sha256(&self.buf);
-        SealedPack {
-            key: pack_key(&sha),
-            sha256: sha,
-            bytes: self.buf,
+        let sealed =
+            recipients.encrypt(&zstd::bulk::compress(&index_json, 3).expect("zstd in memory"));
+        self.upload.write(&sealed)?;
+        self.upload.write(&(sealed.len() as u32).to_le_bytes())?;
+        self.upload.write(MAGIC)?;
+        Ok(SealedPack {
+            upload: self.upload,
+            index: index.chunks,
+        })
+    }
+}
+
+impl SealedPack<'_> {
+    /// Stores the pack under the key its SHA-256 gives it; returns the
+    /// upload's memory for the next pack.
+    pub fn store(
+        self,
+        retain_until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(StoredPack, ObjectMeta, Vec<u8>)> {
+        let done = self.upload.finish(&pack_key, retain_until)?;
+        let pack = StoredPack {
+            key: done.meta.key.clone(),
+            sha256: done.sha256,
             index: self.index,
-        }
+        };
+        Ok((pack, done.meta, done.buffer))
     }
 }
 

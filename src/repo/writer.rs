@@ -6,10 +6,13 @@
 //! ```text
 //! producer (caller: reads, cuts chunks)
 //!   ─[1 chunk]→ workers ×N (id, dedup, compress, encrypt)
-//!   ─[1 blob]→ packer (fills a 16 MiB pack)
-//!   ─[handover]→ uploader (put-once, then records the pack in the catalog)
+//!   ─[1 blob]→ packer (writes blobs into a 16 MiB pack, in the store)
+//!   ─[handover]→ uploader (stores the pack, then records it in the catalog)
 //! ```
-//! At most about 2N + 4 chunks of ≤ 4 MiB plus two packs are in memory.
+//! At most about 2N + 4 chunks of ≤ 4 MiB are in memory, and two packs
+//! (one filling, one being stored) as the store holds them: on a local
+//! directory a 1 MiB piece each, as packs are written while they fill; on S3
+//! the whole pack, as its checksum must precede its bytes.
 //! The queues hold one item each: with a worker per core, a deeper queue
 //! only holds more chunk buffers (measured: peak RSS of a full volume backup
 //! 112-127 MiB with N chunks and 2 blobs queued, 105-111 MiB with one each,
@@ -24,10 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use super::pack::{PackBuilder, SealedPack, seal_chunk};
+use super::pack::{PackWriter, SealedPack, StoredPack, seal_chunk};
 use super::{ChunkId, DataKey, Repository};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::PutOptions;
 
 /// A chunk to store, tagged by the producer to find its id afterwards.
 pub struct Job {
@@ -128,7 +130,7 @@ fn stopped_error() -> Error {
 }
 
 /// Called with each stored pack, to record it (in the catalog).
-pub type OnPack<'a> = dyn Fn(&SealedPack, &crate::store::ObjectMeta) -> Result<()> + Sync + 'a;
+pub type OnPack<'a> = dyn Fn(&StoredPack, &crate::store::ObjectMeta) -> Result<()> + Sync + 'a;
 
 /// Runs the pipeline with `produce` feeding it on the calling thread.
 /// Returns what `produce` returned, the id of every tagged chunk, and stats.
@@ -148,12 +150,12 @@ pub fn write<R: Send>(
     let keys: Vec<DataKey> = (0..workers)
         .map(|_| DataKey::generate())
         .collect::<Result<_>>()?;
-    // A rendezvous: the packer fills the next pack while one is uploaded, and
-    // no third pack waits in between (peak memory is two packs, not three).
+    // A rendezvous: the packer fills the next pack while one is stored, and
+    // no third pack waits in between.
     let (pack_tx, pack_rx) = sync_channel::<SealedPack>(0);
-    // Stored packs' buffers go back to the packer: allocating 20 MiB per pack
-    // cost page faults, and freed buffers raised glibc's mmap threshold so
-    // chunks fragmented the heap (peak RSS +20 MiB).
+    // Stored packs' buffers go back to the packer: on S3, allocating 20 MiB
+    // per pack cost page faults, and freed buffers raised glibc's mmap
+    // threshold so chunks fragmented the heap (peak RSS +20 MiB).
     let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(2);
     let job_rx = Mutex::new(job_rx);
     let known = Mutex::new(known);
@@ -237,18 +239,16 @@ pub fn write<R: Send>(
         }
         drop(blob_tx);
 
-        let pack_size = repo.config.pack_size;
-        let keys = &keys;
-        let pool_ref = &pool;
+        let (keys, pool_ref, fail_ref) = (&keys, &pool, &fail);
         s.spawn(move || {
-            pack_stage(
-                blob_rx, pack_tx, spare_rx, pack_size, recipients, keys, pool_ref,
-            )
+            let packed = pack_stage(repo, blob_rx, pack_tx, spare_rx, recipients, keys, pool_ref);
+            if let Err(e) = packed {
+                fail_ref(e);
+            }
         });
-        let (stats_ref, fail_ref) = (&stats, &fail);
+        let stats_ref = &stats;
         s.spawn(move || {
-            if let Err(e) = upload_stage(repo, pack_rx, spare_tx, retain_until, on_pack, stats_ref)
-            {
+            if let Err(e) = upload_stage(pack_rx, spare_tx, retain_until, on_pack, stats_ref) {
                 fail_ref(e);
             }
         });
@@ -277,66 +277,62 @@ pub fn write<R: Send>(
 /// A sealed chunk on its way to a pack: id, blob, raw length, data key number.
 type Blob = (ChunkId, Vec<u8>, usize, u8);
 
-fn pack_stage(
+/// Fills packs with blobs, writing each blob to the store as it comes, and
+/// hands each full pack to the uploader to be stored.
+fn pack_stage<'s>(
+    repo: &'s Repository,
     blobs: Receiver<Blob>,
-    packs: SyncSender<SealedPack>,
+    packs: SyncSender<SealedPack<'s>>,
     spare: Receiver<Vec<u8>>,
-    pack_size: usize,
     recipients: &super::Recipients,
     keys: &[DataKey],
     pool: &BufPool,
-) {
+) -> Result<()> {
+    let pack_size = repo.config.pack_size;
     // A pack is sealed before a blob would take it past `pack_size` (so
-    // packs are at most that, unless one blob alone is larger), plus room for
-    // the index: the buffer is never reallocated, which would briefly hold
-    // two copies.
-    let capacity = pack_size + (1 << 20);
-    let mut builder = PackBuilder::with_capacity(capacity);
+    // packs are at most that, unless one blob alone is larger), plus room
+    // for the index, for stores that hold a pack whole.
+    let size_hint = pack_size + (1 << 20);
+    let mut pack: Option<PackWriter<'s>> = None;
     for (id, blob, raw, key) in blobs {
-        if !builder.is_empty() && builder.len() + blob.len() > pack_size {
-            let full = std::mem::take(&mut builder);
-            if packs.send(full.finish(recipients, keys)).is_err() {
-                return;
-            }
-            // Only now: the send returns once the uploader has stored the
-            // pack before and handed its buffer back. Taken before the send,
-            // that buffer was often not back yet and a third was allocated.
-            builder = match spare.try_recv() {
-                Ok(buf) => PackBuilder::with_buffer(buf),
-                Err(_) => PackBuilder::with_capacity(capacity),
-            };
+        if let Some(full) = pack.take_if(|p| p.len() + blob.len() > pack_size)
+            && packs.send(full.seal(recipients, keys)?).is_err()
+        {
+            return Ok(());
         }
-        builder.add(id, &blob, raw, key);
+        let writer = match pack.as_mut() {
+            Some(p) => p,
+            // Only now: the send above returns once the uploader has stored
+            // the pack before and handed its buffer back.
+            None => pack.insert(PackWriter::new(
+                repo.store
+                    .upload(spare.try_recv().unwrap_or_default(), size_hint)?,
+            )),
+        };
+        writer.add(id, &blob, raw, key)?;
         pool.give(blob);
     }
-    if !builder.is_empty() {
-        let _ = packs.send(builder.finish(recipients, keys));
+    if let Some(last) = pack {
+        let _ = packs.send(last.seal(recipients, keys)?);
     }
+    Ok(())
 }
 
 fn upload_stage(
-    repo: &Repository,
-    packs: Receiver<SealedPack>,
+    packs: Receiver<SealedPack<'_>>,
     spare: SyncSender<Vec<u8>>,
     retain_until: Option<chrono::DateTime<chrono::Utc>>,
     on_pack: &OnPack<'_>,
     stats: &Mutex<WriteStats>,
 ) -> Result<()> {
     for pack in packs {
-        let meta = repo.store.put(
-            &pack.key,
-            &pack.bytes,
-            &PutOptions {
-                sha256: pack.sha256,
-                retain_until,
-            },
-        )?;
+        let (pack, meta, buffer) = pack.store(retain_until)?;
         on_pack(&pack, &meta)?;
         let mut st = stats.lock().unwrap();
         st.packs += 1;
-        st.stored_bytes += pack.bytes.len() as u64;
+        st.stored_bytes += meta.size;
         drop(st);
-        let _ = spare.try_send(pack.bytes);
+        let _ = spare.try_send(buffer);
     }
     Ok(())
 }
@@ -345,7 +341,7 @@ fn upload_stage(
 mod tests {
     use super::*;
     use crate::store::local::LocalStore;
-    use crate::store::{ObjectMeta, Store};
+    use crate::store::{ObjectMeta, PutOptions, Store};
 
     /// A store whose pack writes fail after the first one: a full disk, a
     /// revoked credential.

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{ObjectMeta, PutOptions, Store, sha256};
+use super::{Finished, ObjectMeta, PutOptions, Store, Upload, sha256};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone)]
@@ -54,8 +54,9 @@ impl LocalStore {
     }
 }
 
-/// Writes `data` to a new file at `path`, around the page cache where the
-/// file system allows it (`O_DIRECT`).
+/// A new object being written to a temporary file, around the page cache
+/// where the file system allows it (`O_DIRECT`), and linked under its key
+/// when finished.
 ///
 /// A pack is written once and not read again until a restore or a verify, so
 /// copying it into the page cache only evicts pages someone else needs (the
@@ -63,62 +64,106 @@ impl LocalStore {
 /// virtual machines, where a first write to a page costs more than the copy:
 /// the volume benchmark measured the buffered writes at a third of a full
 /// backup's system time (docs/benchmarks.md). `O_DIRECT` wants aligned
-/// buffers and lengths, so the data goes through one aligned 1 MiB buffer,
-/// the last block padded with zeros and cut off again with `set_len`.
-fn write_direct(path: &Path, data: &[u8]) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    const ALIGN: usize = 4096;
-    const PIECE: usize = 1 << 20;
-    let direct = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    let mut f = match direct {
-        Ok(f) => f,
-        // tmpfs and some network file systems have no O_DIRECT.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let mut f = File::create_new(path)?;
-            f.write_all(data)?;
-            return Ok(f);
-        }
-        Err(e) => return Err(e),
-    };
-    let mut scratch = vec![0u8; PIECE.min(data.len().next_multiple_of(ALIGN)) + ALIGN];
-    let off = scratch.as_ptr().align_offset(ALIGN);
-    let aligned = &mut scratch[off..];
-    for piece in data.chunks(PIECE) {
-        let padded = piece.len().next_multiple_of(ALIGN);
-        aligned[..piece.len()].copy_from_slice(piece);
-        aligned[piece.len()..padded].fill(0);
-        f.write_all(&aligned[..padded])?;
-    }
-    f.set_len(data.len() as u64)?;
-    Ok(f)
+/// buffers and lengths, so the data goes through one aligned 1 MiB piece,
+/// the last one padded with zeros and cut off again with `set_len`.
+struct LocalUpload<'a> {
+    store: &'a LocalStore,
+    /// The temporary file; `None` once linked under its key (or removed).
+    tmp: Option<PathBuf>,
+    file: File,
+    direct: bool,
+    /// The piece being filled: `buf[off..off + filled]`, `off` aligned.
+    buf: Vec<u8>,
+    off: usize,
+    filled: usize,
+    len: u64,
+    /// Hashes what is written; `None` when the caller knows the hash.
+    sha: Option<sha2::Sha256>,
 }
 
-impl Store for LocalStore {
-    fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
-        if sha256(data) != opts.sha256 {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!("refusing to store {key}: its bytes do not match their checksum"),
-            ));
-        }
-        let path = self.path(key)?;
-        let dir = path.parent().expect("keys have a parent").to_path_buf();
-        fs::create_dir_all(&dir)
-            .map_err(|e| self.io_error(format!("cannot create directory {}", dir.display()), e))?;
-        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let write = || -> std::io::Result<()> {
-            let f = write_direct(&tmp, data)?;
-            f.set_permissions(fs::Permissions::from_mode(0o444))?;
-            f.sync_all()
+const ALIGN: usize = 4096;
+const PIECE: usize = 1 << 20;
+
+impl<'a> LocalUpload<'a> {
+    fn start(store: &'a LocalStore, buffer: Vec<u8>, piece: usize, hash: bool) -> Result<Self> {
+        use sha2::Digest;
+        use std::os::unix::fs::OpenOptionsExt;
+        let what = |e| store.io_error(format!("cannot write to {}", store.root.display()), e);
+        fs::create_dir_all(&store.root).map_err(what)?;
+        let tmp = store
+            .root
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let direct = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&tmp);
+        let (file, direct) = match direct {
+            Ok(f) => (f, true),
+            // tmpfs and some network file systems have no O_DIRECT.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                (File::create_new(&tmp).map_err(what)?, false)
+            }
+            Err(e) => return Err(what(e)),
         };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.io_error(format!("cannot write {}", tmp.display()), e));
+        let mut buf = buffer;
+        buf.clear();
+        buf.resize(piece + ALIGN, 0);
+        let off = buf.as_ptr().align_offset(ALIGN);
+        buf.truncate(off + piece);
+        Ok(LocalUpload {
+            store,
+            tmp: Some(tmp),
+            file,
+            direct,
+            buf,
+            off,
+            filled: 0,
+            len: 0,
+            sha: hash.then(sha2::Sha256::new),
+        })
+    }
+
+    fn io(&self, e: std::io::Error) -> Error {
+        let tmp = self.tmp.as_deref().unwrap_or(&self.store.root);
+        self.store
+            .io_error(format!("cannot write {}", tmp.display()), e)
+    }
+
+    /// Writes the piece, padded to the alignment when it is the last.
+    fn flush(&mut self) -> Result<()> {
+        let piece = &mut self.buf[self.off..];
+        let n = if self.direct {
+            let padded = self.filled.next_multiple_of(ALIGN);
+            piece[self.filled..padded].fill(0);
+            padded
+        } else {
+            self.filled
+        };
+        let written = (&self.file).write_all(&piece[..n]);
+        self.filled = 0;
+        written.map_err(|e| self.io(e))
+    }
+
+    /// Links the written file under `key`, put-once.
+    fn commit(mut self, key: &str) -> Result<(ObjectMeta, Vec<u8>)> {
+        let path = self.store.path(key)?;
+        if self.filled > 0 {
+            self.flush()?;
         }
+        let sync = || -> std::io::Result<()> {
+            self.file.set_len(self.len)?;
+            self.file
+                .set_permissions(fs::Permissions::from_mode(0o444))?;
+            self.file.sync_all()
+        };
+        sync().map_err(|e| self.io(e))?;
+        let dir = path.parent().expect("keys have a parent");
+        fs::create_dir_all(dir).map_err(|e| {
+            self.store
+                .io_error(format!("cannot create directory {}", dir.display()), e)
+        })?;
+        let tmp = self.tmp.take().expect("not committed yet");
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -129,18 +174,93 @@ impl Store for LocalStore {
                     format!("object {key} exists already; objects are never overwritten"),
                 ));
             }
-            Err(e) => return Err(self.io_error(format!("cannot store {}", path.display()), e)),
+            Err(e) => {
+                return Err(self
+                    .store
+                    .io_error(format!("cannot store {}", path.display()), e));
+            }
         }
-        if let Ok(d) = File::open(&dir) {
+        if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(ObjectMeta {
+        let meta = ObjectMeta {
             key: key.to_string(),
-            size: data.len() as u64,
+            size: self.len,
             version_id: None,
             retain_until: None,
             lock_mode: None,
+        };
+        Ok((meta, std::mem::take(&mut self.buf)))
+    }
+}
+
+impl Upload for LocalUpload<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        use sha2::Digest;
+        if let Some(sha) = &mut self.sha {
+            sha.update(bytes);
+        }
+        self.len += bytes.len() as u64;
+        let piece = self.buf.len() - self.off;
+        while !bytes.is_empty() {
+            let n = bytes.len().min(piece - self.filled);
+            let at = self.off + self.filled;
+            self.buf[at..at + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+            if self.filled == piece {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self: Box<Self>,
+        key: &dyn Fn(&[u8; 32]) -> String,
+        _retain_until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Finished> {
+        use sha2::Digest;
+        let sha: [u8; 32] = self
+            .sha
+            .take()
+            .expect("an upload hashes what it writes")
+            .finalize()
+            .into();
+        let (meta, buffer) = self.commit(&key(&sha))?;
+        Ok(Finished {
+            meta,
+            sha256: sha,
+            buffer,
         })
+    }
+}
+
+impl Drop for LocalUpload<'_> {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+impl Store for LocalStore {
+    fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
+        if sha256(data) != opts.sha256 {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!("refusing to store {key}: its bytes do not match their checksum"),
+            ));
+        }
+        self.path(key)?;
+        let piece = PIECE.min(data.len().next_multiple_of(ALIGN)).max(ALIGN);
+        let mut upload = LocalUpload::start(self, Vec::new(), piece, false)?;
+        upload.write(data)?;
+        Ok(upload.commit(key)?.0)
+    }
+
+    fn upload(&self, buffer: Vec<u8>, _size_hint: usize) -> Result<Box<dyn Upload + '_>> {
+        Ok(Box::new(LocalUpload::start(self, buffer, PIECE, true)?))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -265,6 +385,51 @@ mod tests {
             assert_eq!(s.get(&key).unwrap(), data, "length {len}");
             assert_eq!(s.head(&key).unwrap().unwrap().size, len as u64);
         }
+    }
+
+    #[test]
+    fn an_upload_streams_and_is_named_by_its_hash_once_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        let data: Vec<u8> = (0..(3 << 20) + 12345)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut up = s.upload(Vec::new(), 0).unwrap();
+        // Pieces of odd sizes, across the 1 MiB pieces of the direct write.
+        for piece in data.chunks(700_001) {
+            up.write(piece).unwrap();
+        }
+        let key = |sha: &[u8; 32]| format!("packs/{}", hex::encode(sha));
+        let done = up.finish(&key, None).unwrap();
+        assert_eq!(done.sha256, sha256(&data));
+        assert_eq!(done.meta.key, key(&sha256(&data)));
+        assert_eq!(done.meta.size, data.len() as u64);
+        assert_eq!(s.get(&done.meta.key).unwrap(), data);
+        // Nothing else is left in the store: no temporary file either.
+        assert_eq!(s.list("").unwrap().len(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only packs/");
+
+        // The same bytes again: put-once refuses, the first copy stays.
+        let mut again = s.upload(done.buffer, 0).unwrap();
+        again.write(&data).unwrap();
+        let err = again.finish(&key, None).err().expect("put-once");
+        assert!(err.what().contains("never overwritten"), "{err:?}");
+        assert_eq!(s.get(&done.meta.key).unwrap(), data);
+    }
+
+    #[test]
+    fn an_upload_dropped_unfinished_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        let mut up = s.upload(Vec::new(), 0).unwrap();
+        up.write(&[7u8; 3 << 20]).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the temporary file"
+        );
+        drop(up);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

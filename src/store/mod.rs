@@ -89,6 +89,74 @@ pub trait Store: Send + Sync {
     /// Where this store is, for people and for the catalog
     /// (`file:///var/lib/drctl/repo`, `s3://bucket/prefix`).
     fn location(&self) -> String;
+    /// Starts a content-addressed object written piece by piece: its key
+    /// depends on the SHA-256 of all its bytes, so it is chosen when the
+    /// object is finished. `buffer` is memory to reuse (from an earlier
+    /// [`Finished`]), `size_hint` about how large the object will be.
+    ///
+    /// The default holds the object in memory and [`Store::put`]s it whole,
+    /// which is what a store needs that takes the checksum before the bytes
+    /// (S3 with Object Lock). A store that can write first and name the
+    /// object after (a directory) streams it instead: a pack is then never
+    /// held whole in memory, and is hashed once, as it is written.
+    fn upload(&self, buffer: Vec<u8>, size_hint: usize) -> Result<Box<dyn Upload + '_>> {
+        let mut data = buffer;
+        data.clear();
+        data.reserve(size_hint);
+        Ok(Box::new(Buffered { store: self, data }))
+    }
+}
+
+/// An object being written; see [`Store::upload`]. Dropped unfinished, it
+/// leaves nothing under any key.
+pub trait Upload: Send {
+    /// Appends `bytes` to the object.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Stores the object, put-once, under `key(SHA-256 of its bytes)`.
+    fn finish(
+        self: Box<Self>,
+        key: &dyn Fn(&[u8; 32]) -> String,
+        retain_until: Option<DateTime<Utc>>,
+    ) -> Result<Finished>;
+}
+
+/// A finished [`Upload`].
+pub struct Finished {
+    pub meta: ObjectMeta,
+    pub sha256: [u8; 32],
+    /// The upload's memory, for the next one.
+    pub buffer: Vec<u8>,
+}
+
+/// [`Store::upload`] for stores that need an object whole.
+struct Buffered<'a, S: ?Sized> {
+    store: &'a S,
+    data: Vec<u8>,
+}
+
+impl<S: Store + ?Sized> Upload for Buffered<'_, S> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish(
+        self: Box<Self>,
+        key: &dyn Fn(&[u8; 32]) -> String,
+        retain_until: Option<DateTime<Utc>>,
+    ) -> Result<Finished> {
+        let sha = sha256(&self.data);
+        let opts = PutOptions {
+            sha256: sha,
+            retain_until,
+        };
+        let meta = self.store.put(&key(&sha), &self.data, &opts)?;
+        Ok(Finished {
+            meta,
+            sha256: sha,
+            buffer: self.data,
+        })
+    }
 }
 
 /// SHA-256 of `data`.
