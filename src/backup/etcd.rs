@@ -228,14 +228,14 @@ async fn run(
         packs: stats.packs,
         seconds: 0.0,
     };
-    let items = [item(size, &info)];
+    let items = super::write_items(catalog, id, None, vec![item(size, &info)]);
     let stats_json = serde_json::to_value(&summary).expect("summary serialises");
     super::seal_and_finish(
         &repo,
         catalog,
         manifest,
         &[],
-        &items,
+        items,
         &stats_json,
         None,
         retain_until,

@@ -275,7 +275,7 @@ async fn run(
         objects: Vec::new(),
         object_table: Some(refs),
     };
-    let items = items(&table.objects, &table.chunks);
+    let items = super::write_items(catalog, id, None, items(&table.objects, &table.chunks));
     let mut summary = ResourcesSummary {
         backup_id: id,
         status: "complete".into(),
@@ -303,7 +303,7 @@ async fn run(
         catalog,
         manifest,
         &table.chunks,
-        &items,
+        items,
         &stats_json,
         None,
         retain_until,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, ItemRow};
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{Extent, Manifest};
+use crate::repo::manifest::{EntryKind, Extent, Manifest};
 use crate::repo::writer::{WriteStats, write};
 use crate::repo::{ChunkId, Repository};
 use crate::source::volume::{self, Ref, Source, Stamp, StampExtent};
@@ -60,8 +60,11 @@ pub async fn backup_volume(
     let parent = catalog.latest_backup(repo_id, "volume", name).await?;
     let mut stamps = HashMap::new();
     if let Some(p) = &parent {
-        for (item, attrs) in catalog.items(p.id).await? {
-            if let Ok(stamp) = serde_json::from_value::<Stamp>(attrs) {
+        for (item, attrs) in catalog
+            .items_of_type(p.id, EntryKind::File.as_str())
+            .await?
+        {
+            if let Ok(stamp) = serde_json::from_str::<Stamp>(&attrs) {
                 stamps.insert(item, stamp);
             }
         }
@@ -146,12 +149,45 @@ async fn run_volume(
             }
         }
     }
-    let chunks = super::locate(catalog, repo_id, &list.order).await?;
+    // The catalog's rows first: they go to PostgreSQL while the chunks are
+    // located and the manifest is sealed.
+    let items = scan
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let attrs = match e.kind {
+                crate::repo::manifest::EntryKind::File => serde_json::to_value(Stamp {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: scan.stamps[i].0,
+                    ino: scan.stamps[i].1,
+                    extents: scan.refs[i]
+                        .iter()
+                        .map(|(offset, length, rs)| StampExtent {
+                            offset: *offset,
+                            length: *length,
+                            chunks: rs.iter().map(&resolve).collect(),
+                        })
+                        .collect(),
+                })
+                .expect("stamps serialise"),
+                _ => serde_json::json!({}),
+            };
+            ItemRow {
+                from_parent: scan.unchanged.contains(&e.path),
+                item: e.path.clone(),
+                item_type: e.kind.as_str().to_string(),
+                size: e.size as i64,
+                attrs,
+            }
+        })
+        .collect();
+    let items = super::write_items(catalog, id, parent, items);
 
+    let chunks = super::locate(catalog, repo_id, &list.order).await?;
     let mut entries = std::mem::take(&mut scan.entries);
-    let mut items = Vec::with_capacity(entries.len());
-    for (i, e) in entries.iter_mut().enumerate() {
-        let refs = &scan.refs[i];
+    for (e, refs) in entries.iter_mut().zip(&scan.refs) {
         e.extents = refs
             .iter()
             .map(|(offset, length, rs)| Extent {
@@ -160,31 +196,6 @@ async fn run_volume(
                 chunks: rs.iter().map(|r| list.index_of(&resolve(r))).collect(),
             })
             .collect();
-        let attrs = match e.kind {
-            crate::repo::manifest::EntryKind::File => serde_json::to_value(Stamp {
-                size: e.size,
-                mtime_ns: e.mtime_ns,
-                ctime_ns: scan.stamps[i].0,
-                ino: scan.stamps[i].1,
-                extents: refs
-                    .iter()
-                    .map(|(offset, length, rs)| StampExtent {
-                        offset: *offset,
-                        length: *length,
-                        chunks: rs.iter().map(&resolve).collect(),
-                    })
-                    .collect(),
-            })
-            .expect("stamps serialise"),
-            _ => serde_json::json!({}),
-        };
-        items.push(ItemRow {
-            from_parent: scan.unchanged.contains(&e.path),
-            item: e.path.clone(),
-            item_type: e.kind.as_str().to_string(),
-            size: e.size as i64,
-            attrs,
-        });
     }
 
     let status = if scan.problems.is_empty() {
@@ -224,7 +235,7 @@ async fn run_volume(
         catalog,
         manifest,
         &[],
-        &items,
+        items,
         &stats_json,
         error.as_deref(),
         retain_until,

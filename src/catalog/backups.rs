@@ -39,13 +39,14 @@ pub struct BackupEnd<'a> {
     pub manifest_key: &'a str,
     pub stats: &'a serde_json::Value,
     pub error: Option<&'a str>,
-    /// The backup this one was incremental to; its item rows are reused.
-    pub parent: Option<Uuid>,
     /// Objects the backup references stay locked at least this long.
     pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
     /// The packs it references.
     pub packs: &'a [String],
 }
+
+/// Item rows written and not yet committed; see [`Catalog::write_items`].
+pub struct PendingItems(sqlx::Transaction<'static, sqlx::Postgres>);
 
 /// One item to record with a finished backup.
 pub struct ItemRow {
@@ -82,23 +83,16 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks a backup usable (`complete` or `partial`) with its items, in one
-    /// transaction: either all of it is recorded or none.
-    pub async fn finish_backup(
+    /// Writes the item rows of backup `id` in a transaction that commits
+    /// only with the backup's end ([`Catalog::finish_backup`]): dropped, it
+    /// rolls back. Rows unchanged since `parent` are copied inside the
+    /// database rather than sent again.
+    pub async fn write_items(
         &self,
         id: Uuid,
-        end: &BackupEnd<'_>,
+        parent: Option<Uuid>,
         items: &[ItemRow],
-    ) -> Result<()> {
-        let BackupEnd {
-            status,
-            manifest_key,
-            stats,
-            error,
-            parent,
-            retain_until,
-            packs,
-        } = *end;
+    ) -> Result<PendingItems> {
         let mut tx = self.pool().begin().await.map_err(query_error)?;
         let (reused, sent): (Vec<&ItemRow>, Vec<&ItemRow>) = items
             .iter()
@@ -127,6 +121,26 @@ impl Catalog {
             }
         }
         insert_items(&mut tx, id, &to_send).await?;
+        Ok(PendingItems(tx))
+    }
+
+    /// Marks backup `id` usable, with the items written before, in one
+    /// transaction.
+    pub async fn finish_backup(
+        &self,
+        items: PendingItems,
+        id: Uuid,
+        end: &BackupEnd<'_>,
+    ) -> Result<()> {
+        let BackupEnd {
+            status,
+            manifest_key,
+            stats,
+            error,
+            retain_until,
+            packs,
+        } = *end;
+        let mut tx = items.0;
         sqlx::query(
             "INSERT INTO backup_packs (backup_id, repository_id, pack_key) \
              SELECT $1, repository_id, UNNEST($2::text[]) FROM backups WHERE id = $1",
@@ -191,12 +205,23 @@ impl Catalog {
     }
 
     /// Items of a backup, with their attributes.
-    pub async fn items(&self, backup: Uuid) -> Result<Vec<(String, serde_json::Value)>> {
-        sqlx::query_as("SELECT item, attrs FROM backup_items WHERE backup_id = $1")
-            .bind(backup)
-            .fetch_all(self.pool())
-            .await
-            .map_err(query_error)
+    /// The items of one type in a backup, with their attributes as JSON
+    /// text, for the caller to parse into what it stored without a detour
+    /// through `serde_json::Value` (an incremental reads ten thousand of
+    /// them before it starts).
+    pub async fn items_of_type(
+        &self,
+        backup: Uuid,
+        item_type: &str,
+    ) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "SELECT item, attrs::text FROM backup_items WHERE backup_id = $1 AND item_type = $2",
+        )
+        .bind(backup)
+        .bind(item_type)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)
     }
 
     pub async fn list_backups(&self, repo: Uuid) -> Result<Vec<BackupRow>> {

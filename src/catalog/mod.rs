@@ -20,7 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
-pub use backups::{BackupEnd, BackupRow, ItemRow};
+pub use backups::{BackupEnd, BackupRow, ItemRow, PendingItems};
 
 /// The catalog schema, from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
