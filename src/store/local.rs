@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{Finished, ObjectMeta, PutOptions, Store, Upload, sha256};
+use super::{Finished, ObjectMeta, PutOptions, Store, Upload};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone)]
@@ -246,12 +246,7 @@ impl Drop for LocalUpload<'_> {
 
 impl Store for LocalStore {
     fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
-        if sha256(data) != opts.sha256 {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!("refusing to store {key}: its bytes do not match their checksum"),
-            ));
-        }
+        super::check_checksum(key, data, opts)?;
         self.path(key)?;
         let piece = PIECE.min(data.len().next_multiple_of(ALIGN)).max(ALIGN);
         let mut upload = LocalUpload::start(self, Vec::new(), piece, false)?;
@@ -339,6 +334,7 @@ fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(&str, &fs::Metadata)) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sha256;
 
     fn opts(data: &[u8]) -> PutOptions {
         PutOptions {

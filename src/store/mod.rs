@@ -159,6 +159,18 @@ impl<S: Store + ?Sized> Upload for Buffered<'_, S> {
     }
 }
 
+/// Refuses bytes that do not match the checksum their put carries: the
+/// contract of [`Store::put`], checked by each backend before it writes.
+pub(crate) fn check_checksum(key: &str, data: &[u8], opts: &PutOptions) -> Result<()> {
+    if sha256(data) != opts.sha256 {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::Integrity,
+            format!("refusing to store {key}: its bytes do not match their checksum"),
+        ));
+    }
+    Ok(())
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -464,12 +464,7 @@ impl Drop for S3Store {
 
 impl Store for S3Store {
     fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
-        if sha256(data) != opts.sha256 {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!("refusing to store {key}: its bytes do not match their checksum"),
-            ));
-        }
+        super::check_checksum(key, data, opts)?;
         let until = opts
             .retain_until
             .unwrap_or_else(|| Utc::now() + self.default_retention);
