@@ -157,7 +157,7 @@ async fn run_volume(
         .enumerate()
         .map(|(i, e)| {
             let attrs = match e.kind {
-                crate::repo::manifest::EntryKind::File => serde_json::to_value(Stamp {
+                EntryKind::File => serde_json::to_value(Stamp {
                     size: e.size,
                     mtime_ns: e.mtime_ns,
                     ctime_ns: scan.stamps[i].0,

@@ -204,7 +204,6 @@ impl Catalog {
         .map_err(query_error)
     }
 
-    /// Items of a backup, with their attributes.
     /// The items of one type in a backup, with their attributes as JSON
     /// text, for the caller to parse into what it stored without a detour
     /// through `serde_json::Value` (an incremental reads ten thousand of
