@@ -377,6 +377,124 @@ mod tests {
         }
     }
 
+    /// A local directory that fills up partway through the second pack it
+    /// streams.
+    struct FillingStore {
+        inner: LocalStore,
+        written: std::sync::atomic::AtomicU64,
+    }
+
+    struct FillingUpload<'a> {
+        inner: Box<dyn crate::store::Upload + 'a>,
+        written: &'a std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::store::Upload for FillingUpload<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<()> {
+            let before = self.written.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+            if before > 24 << 20 {
+                return Err(Error::new(ErrorKind::Unavailable, "disk full"));
+            }
+            self.inner.write(bytes)
+        }
+        fn finish(
+            self: Box<Self>,
+            key: &dyn Fn(&[u8; 32]) -> String,
+            retain_until: Option<chrono::DateTime<chrono::Utc>>,
+        ) -> Result<crate::store::Finished> {
+            self.inner.finish(key, retain_until)
+        }
+    }
+
+    impl Store for FillingStore {
+        fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta> {
+            self.inner.put(key, data, opts)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, r: std::ops::Range<u64>) -> Result<Vec<u8>> {
+            self.inner.get_range(key, r)
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
+            self.inner.delete(key, version)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn upload(
+            &self,
+            buffer: Vec<u8>,
+            size_hint: usize,
+        ) -> Result<Box<dyn crate::store::Upload + '_>> {
+            Ok(Box::new(FillingUpload {
+                inner: self.inner.upload(buffer, size_hint)?,
+                written: &self.written,
+            }))
+        }
+    }
+
+    #[test]
+    fn a_full_disk_mid_pack_stops_the_pipeline_and_leaves_no_partial_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FillingStore {
+            inner: LocalStore::new(dir.path()),
+            written: Default::default(),
+        });
+        let id = age::x25519::Identity::generate();
+        let recipients = crate::repo::Recipients::parse(&[id.to_public().to_string()]).unwrap();
+        let repo = Repository::init(store.clone(), recipients).unwrap();
+        let stored = Mutex::new(Vec::new());
+        let on_pack = |p: &StoredPack, _: &ObjectMeta| {
+            stored.lock().unwrap().push(p.key.clone());
+            Ok(())
+        };
+        let result = write(&repo, HashSet::new(), 1, None, &on_pack, |sink| {
+            for tag in 0..200u64 {
+                let data = crate::repo::test_noise(tag + 1, 1 << 20);
+                sink.send(Job { tag, data })?;
+            }
+            Ok(())
+        });
+        let err = result.expect_err("the second pack cannot be written");
+        assert_eq!(err.what(), "disk full");
+        // The first pack is stored and whole; the second left nothing, not
+        // even its temporary file.
+        let stored = stored.into_inner().unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        let packs: Vec<String> = store
+            .list("packs/")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(packs, stored);
+        let left: Vec<_> = walkdir(dir.path())
+            .into_iter()
+            .filter(|p| p.contains(".tmp-"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    fn walkdir(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walkdir(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+        out
+    }
+
     #[test]
     fn a_store_failure_stops_the_pipeline_with_its_cause_and_never_hangs() {
         let dir = tempfile::tempdir().unwrap();
