@@ -11,6 +11,9 @@
 //! lock as the marking, and only then deleted from the store: a new backup
 //! can never pick a chunk that is about to disappear. Every version of the
 //! key goes, including any a writer slipped on top of it.
+//!
+//! Last, what interrupted writes left in the store and nothing touched for
+//! the grace period goes too (a killed backup's temporary files).
 
 use std::sync::Arc;
 
@@ -37,6 +40,9 @@ pub struct GcReport {
     pub waiting: u64,
     /// Objects forgotten by the catalog that the store refused to delete.
     pub failed: Vec<Failed>,
+    /// What interrupted writes left in the store (a killed backup's
+    /// temporary files), untouched for the grace period, removed.
+    pub abandoned: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +127,14 @@ pub async fn gc(
                 error: e.report(),
             }),
         }
+    }
+    // An upload writes its temporary file as it goes: one untouched for the
+    // grace period belongs to no running backup.
+    let (s, before) = (store.clone(), Utc::now() - grace);
+    for (name, size) in blocking(move || s.remove_abandoned(before)).await? {
+        tracing::info!(%name, "removed an abandoned temporary file");
+        report.freed_bytes += size;
+        report.abandoned.push(name);
     }
     Ok(report)
 }

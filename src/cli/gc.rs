@@ -40,6 +40,12 @@ impl GcArgs {
                     report.locked.len()
                 ));
             }
+            if !report.abandoned.is_empty() {
+                t.push_str(&format!(
+                    "removed {} temporary file(s) left by interrupted backups\n",
+                    report.abandoned.len()
+                ));
+            }
             if report.waiting > 0 {
                 t.push_str(&format!(
                     "{} object(s) are within the grace period or held by a running backup\n",

@@ -258,6 +258,33 @@ impl Store for LocalStore {
         Ok(Box::new(LocalUpload::start(self, buffer, PIECE, true)?))
     }
 
+    fn remove_abandoned(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, u64)>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(self.io_error(format!("cannot list {}", self.root.display()), e));
+            }
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            let stale = meta
+                .modified()
+                .is_ok_and(|m| chrono::DateTime::<chrono::Utc>::from(m) < before);
+            if name.starts_with(".tmp-") && meta.is_file() && stale {
+                fs::remove_file(entry.path())
+                    .map_err(|e| self.io_error(format!("cannot remove {name}"), e))?;
+                removed.push((name, meta.len()));
+            }
+        }
+        Ok(removed)
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         fs::read(&path).map_err(|e| self.io_error(format!("cannot read object {key}"), e))
@@ -426,6 +453,48 @@ mod tests {
         );
         drop(up);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn abandoned_temporary_files_are_removed_once_stale_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        s.put("packs/ab/x", b"kept", &opts(b"kept")).unwrap();
+        // A killed backup's leftover, last written two hours ago, and one
+        // still being written.
+        let mut old = s.upload(Vec::new(), 0).unwrap();
+        old.write(&[1u8; 5000]).unwrap();
+        std::mem::forget(old);
+        let stale = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .unwrap()
+            .path();
+        let two_hours = std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - two_hours)
+            .unwrap();
+        let mut live = s.upload(Vec::new(), 0).unwrap();
+        live.write(&[2u8; 5000]).unwrap();
+
+        let removed = s
+            .remove_abandoned(chrono::Utc::now() - chrono::Duration::hours(1))
+            .unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(!stale.exists());
+        // The live upload still finishes, and the object stays.
+        let done = live
+            .finish(
+                &|sha: &[u8; 32]| format!("packs/{}", hex::encode(sha)),
+                None,
+            )
+            .unwrap();
+        assert_eq!(s.get(&done.meta.key).unwrap(), vec![2u8; 5000]);
+        assert_eq!(s.get("packs/ab/x").unwrap(), b"kept");
     }
 
     #[test]

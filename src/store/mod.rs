@@ -89,6 +89,14 @@ pub trait Store: Send + Sync {
     /// Where this store is, for people and for the catalog
     /// (`file:///var/lib/drctl/repo`, `s3://bucket/prefix`).
     fn location(&self) -> String;
+    /// Removes what interrupted writes left behind and nothing has touched
+    /// since `before` (the temporary files of a killed backup, on a
+    /// directory); returns what was removed and its size. Nothing on stores
+    /// that leave nothing.
+    fn remove_abandoned(&self, before: DateTime<Utc>) -> Result<Vec<(String, u64)>> {
+        let _ = before;
+        Ok(Vec::new())
+    }
     /// Starts a content-addressed object written piece by piece: its key
     /// depends on the SHA-256 of all its bytes, so it is chosen when the
     /// object is finished. `buffer` is memory to reuse (from an earlier
