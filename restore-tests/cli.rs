@@ -15,7 +15,13 @@ fn version_names_the_repository_format() {
 
     let (out, stdout, _) = harness::run(harness::drctl().arg("version"));
     assert!(out.status.success());
-    assert!(stdout.contains("repository format 1"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "repository format {}",
+            drctl::REPOSITORY_FORMAT_VERSION
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]

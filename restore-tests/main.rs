@@ -5,6 +5,7 @@
 mod harness;
 
 mod apiserver;
+mod bucket_writer;
 mod catalog;
 mod cli;
 mod etcd;

@@ -422,7 +422,7 @@ async fn forged_manifests_are_reported_and_left_out() {
     let config: Value =
         serde_json::from_slice(&std::fs::read(env.repo().join("config")).unwrap()).unwrap();
     let repo_id: uuid::Uuid = config["id"].as_str().unwrap().parse().unwrap();
-    let fake_secret = drctl::repo::RepoSecret::generate(repo_id).unwrap();
+    let fake_secret = drctl::repo::RepoSecret::generate(repo_id, [0; 32]).unwrap();
     let recipients =
         drctl::repo::Recipients::parse(std::slice::from_ref(&env.ws.recipient)).unwrap();
     let forged_id = uuid::Uuid::now_v7();

@@ -266,7 +266,7 @@ async fn forged_manifest_is_rejected_and_wrong_identity_refused() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.repo().join("config")).unwrap()).unwrap();
     let repo_id: uuid::Uuid = config["id"].as_str().unwrap().parse().unwrap();
-    let fake_secret = drctl::repo::RepoSecret::generate(repo_id).unwrap();
+    let fake_secret = drctl::repo::RepoSecret::generate(repo_id, [0; 32]).unwrap();
     let recipients =
         drctl::repo::Recipients::parse(std::slice::from_ref(&env.ws.recipient)).unwrap();
     let forged = drctl::repo::manifest::Manifest {
@@ -477,7 +477,7 @@ async fn repo_init_refuses_to_overwrite() {
     assert!(stderr.contains("exists already"), "{stderr}");
     assert_eq!(std::fs::read(env.repo().join("config")).unwrap(), before);
     let info = env.json(&["repo", "info"]);
-    assert_eq!(info["repository"]["format_version"], 1);
+    assert_eq!(info["repository"]["format_version"], 2);
 }
 
 #[tokio::test]

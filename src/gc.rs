@@ -13,7 +13,12 @@
 //! key goes, including any a writer slipped on top of it.
 //!
 //! Last, what interrupted writes left in the store and nothing touched for
-//! the grace period goes too (a killed backup's temporary files).
+//! the grace period goes too: a killed backup's temporary files, its
+//! unfinished multipart uploads, and packs it stored but could not record
+//! (the catalog was gone). Such an orphan pack is deleted only when the
+//! catalog knows every backup whose manifest is in the store: a catalog
+//! that lost rows (restored from an old dump) must be rebuilt first, or gc
+//! would take packs that backups it no longer knows still need.
 
 use std::sync::Arc;
 
@@ -41,8 +46,15 @@ pub struct GcReport {
     /// Objects forgotten by the catalog that the store refused to delete.
     pub failed: Vec<Failed>,
     /// What interrupted writes left in the store (a killed backup's
-    /// temporary files), untouched for the grace period, removed.
+    /// temporary files, unfinished multipart uploads), untouched for the
+    /// grace period, removed.
     pub abandoned: Vec<String>,
+    /// Packs in the store that neither the catalog nor any backup knows,
+    /// older than the grace period, deleted.
+    pub orphans: Vec<String>,
+    /// Why orphan packs were not looked for, when they were not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphans_skipped: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,7 +123,7 @@ pub async fn gc(
                 return s.delete(&key, None);
             }
             for v in versions {
-                s.delete(&key, v.version_id.as_deref())?;
+                s.delete(&key, v.meta.version_id.as_deref())?;
             }
             Ok(())
         })
@@ -136,7 +148,110 @@ pub async fn gc(
         report.freed_bytes += size;
         report.abandoned.push(name);
     }
+    let (s, before) = (store.clone(), Utc::now() - grace);
+    for key in blocking(move || s.abort_abandoned_uploads(before)).await? {
+        tracing::info!(%key, "aborted an abandoned multipart upload");
+        report.abandoned.push(key);
+    }
+    sweep_orphans(store, catalog, repo, grace, &mut report).await?;
     Ok(report)
+}
+
+/// Deletes packs the catalog does not know, written before the grace period
+/// and before every backup still running started, once their locks expired.
+async fn sweep_orphans(
+    store: Arc<dyn Store>,
+    catalog: &Catalog,
+    repo: Uuid,
+    grace: chrono::Duration,
+    report: &mut GcReport,
+) -> Result<()> {
+    let known = catalog.known_objects(repo).await?;
+    let s = store.clone();
+    let manifests = blocking(move || s.list("manifests/")).await?;
+    let unknown: Vec<&str> = manifests
+        .iter()
+        .filter_map(|m| m.key.strip_prefix("manifests/"))
+        .filter(|id| {
+            id.parse()
+                .is_ok_and(|id: Uuid| !known.backups.contains(&id))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let why = format!(
+            "the store holds {} manifest(s) the catalog does not know (e.g. backup {}); \
+             run `drctl catalog rebuild` so gc can tell orphans from the packs they need",
+            unknown.len(),
+            unknown[0]
+        );
+        tracing::warn!(reason = %why, "orphan packs not collected");
+        report.orphans_skipped = Some(why);
+        return Ok(());
+    }
+    let s = store.clone();
+    let packs = blocking(move || s.list("packs/")).await?;
+    let cutoff = Utc::now() - grace;
+    for pack in packs {
+        if known.packs.contains(&pack.key) {
+            continue;
+        }
+        let (s, key) = (store.clone(), pack.key.clone());
+        let versions = blocking(move || s.versions(&key)).await?;
+        let Some(written) = versions
+            .iter()
+            .find(|v| !v.delete_marker)
+            .and_then(|v| v.modified)
+        else {
+            continue;
+        };
+        // A backup that started before the pack was written may be about
+        // to record it.
+        if written >= cutoff || known.running_since.iter().any(|s| *s <= written) {
+            report.waiting += 1;
+            continue;
+        }
+        let (s, key) = (store.clone(), pack.key.clone());
+        let now = Utc::now();
+        let locked = blocking(move || -> Result<Option<DateTime<Utc>>> {
+            let mut latest = None;
+            for v in s.versions(&key)?.iter().filter(|v| !v.delete_marker) {
+                let head = match &v.meta.version_id {
+                    Some(id) => s.head_version(&key, id)?,
+                    None => s.head(&key)?,
+                };
+                latest = latest.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
+            }
+            Ok(latest)
+        })
+        .await?;
+        if let Some(until) = locked {
+            report.locked.push(Locked {
+                key: pack.key,
+                until,
+            });
+            continue;
+        }
+        let (s, key) = (store.clone(), pack.key.clone());
+        match blocking(move || {
+            for v in s.versions(&key)? {
+                s.delete(&key, v.meta.version_id.as_deref())?;
+            }
+            Ok(())
+        })
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(key = %pack.key, "deleted an orphan pack");
+                report.freed_bytes += pack.size;
+                report.orphans.push(pack.key);
+            }
+            Err(e) => report.failed.push(Failed {
+                key: pack.key,
+                error: e.report(),
+            }),
+        }
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

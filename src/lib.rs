@@ -44,7 +44,7 @@ pub use error::{Error, ErrorKind, Result};
 
 /// Version of the on-storage repository format this build reads and writes.
 /// Bumped on any incompatible change to `config`, packs or manifests.
-pub const REPOSITORY_FORMAT_VERSION: u32 = 1;
+pub const REPOSITORY_FORMAT_VERSION: u32 = 2;
 
 /// Chooses rustls' crypto provider for the process (ring). Both providers
 /// are compiled in through dependencies, and rustls refuses to guess; the

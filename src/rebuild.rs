@@ -129,11 +129,17 @@ pub async fn rebuild(
     for key in [CONFIG_KEY, SECRET_KEY] {
         let store = repo.store.clone();
         let found = blocking(move || -> Result<Option<(ObjectMeta, [u8; 32])>> {
-            let Some(meta) = store.head(key)? else {
-                return Ok(None);
+            // The originals, which opening the repository checked.
+            let read = match crate::store::read_original(&*store, key, key, 64 << 10) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
             };
-            let bytes = store.get(key)?;
-            Ok(Some((meta, sha256(&bytes))))
+            let meta = match &read.meta.version_id {
+                Some(v) => store.head_version(key, v)?,
+                None => store.head(key)?,
+            };
+            Ok(meta.map(|meta| (meta, sha256(&read.bytes))))
         })
         .await?;
         if let Some((meta, sha)) = found {
@@ -218,15 +224,17 @@ async fn rebuild_packs(
             || (),
             |_, object| {
                 let key = object.key;
-                let outcome = read_pack(&*repo2.store, identity, &key).and_then(|p| {
-                    let added = handle
-                        .block_on(catalog2.record_pack(repo_id, &p.meta, &p.sha256, &p.index))?;
-                    Ok(PackOutcome::Recorded {
-                        chunks: p.index.len() as u64,
-                        added,
-                        warning: p.warning,
-                    })
-                });
+                let outcome = read_pack(&*repo2.store, identity, &key, repo2.max_pack_bytes())
+                    .and_then(|p| {
+                        let added = handle.block_on(
+                            catalog2.record_pack(repo_id, &p.meta, &p.sha256, &p.index),
+                        )?;
+                        Ok(PackOutcome::Recorded {
+                            chunks: p.index.len() as u64,
+                            added,
+                            warning: p.warning,
+                        })
+                    });
                 let outcome = match outcome {
                     Ok(o) => o,
                     Err(e) if condemns_object(&e) => {
@@ -286,7 +294,7 @@ struct FoundPack {
 }
 
 /// Reads and verifies the pack `key`.
-fn read_pack(store: &dyn Store, identity: &Identity, key: &str) -> Result<FoundPack> {
+fn read_pack(store: &dyn Store, identity: &Identity, key: &str, limit: u64) -> Result<FoundPack> {
     let sha: [u8; 32] = key
         .rsplit('/')
         .next()
@@ -299,47 +307,33 @@ fn read_pack(store: &dyn Store, identity: &Identity, key: &str) -> Result<FoundP
                 format!("{key} is not a pack: its key is not packs/xx/<SHA-256>"),
             )
         })?;
-    let mut open = OpenPack::fetch(store, key, identity)?;
+    // The original: of the versions under the key, the first that hashes
+    // to it. Whatever else is there was put by someone with write access.
+    let mut open = OpenPack::fetch(store, key, identity, limit)?;
     let index = std::mem::take(&mut open.index.chunks);
-    drop(open);
-    // A versioned bucket may hold a newer version put under the key by
-    // someone with write access; the catalog records the original, which
-    // OpenPack::fetch has just found to be intact.
-    let versions = store.versions(key)?;
-    if versions.len() > 1 {
-        for v in &versions {
-            let Some(version) = v.version_id.as_deref() else {
-                continue;
-            };
-            if sha256(&store.get_version(key, version)?) == sha
-                && let Some(meta) = store.head_version(key, version)?
-            {
-                let warning = (Some(version) != versions[0].version_id.as_deref()).then(|| {
-                    format!(
-                        "pack {key} was replaced by a newer version; the original version \
-                         {version} is recorded"
-                    )
-                });
-                return Ok(FoundPack {
-                    meta,
-                    sha256: sha,
-                    index,
-                    warning,
-                });
-            }
-        }
+    // The lock of the version read, for the catalog.
+    let meta = match &open.meta.version_id {
+        Some(v) => store.head_version(key, v)?,
+        None => store.head(key)?,
     }
-    let meta = store.head(key)?.ok_or_else(|| {
+    .ok_or_else(|| {
         Error::new(
             ErrorKind::NotFound,
             format!("pack {key} vanished while the catalog was rebuilt"),
         )
     })?;
+    let warning = (open.others > 0).then(|| {
+        format!(
+            "pack {key} has {} other version(s) or delete marker(s); the original version {} is recorded",
+            open.others,
+            meta.version_id.as_deref().unwrap_or("-")
+        )
+    });
     Ok(FoundPack {
         meta,
         sha256: sha,
         index,
-        warning: None,
+        warning,
     })
 }
 
@@ -383,13 +377,19 @@ async fn rebuild_backups(
         let opened = {
             let (repo, key) = (repo.clone(), key.clone());
             blocking(move || -> Result<(ObjectMeta, [u8; 32], Manifest)> {
-                let meta = repo.store.head(&key)?.ok_or_else(|| {
+                let read = crate::repo::manifest::read_sealed(&*repo.store, id)?;
+                let (sealed, version) = (read.bytes, read.meta.version_id);
+                // The lock of the version read, for the catalog.
+                let meta = match &version {
+                    Some(v) => repo.store.head_version(&key, v)?,
+                    None => repo.store.head(&key)?,
+                }
+                .ok_or_else(|| {
                     Error::new(
                         ErrorKind::NotFound,
                         format!("{key} vanished while the catalog was rebuilt"),
                     )
                 })?;
-                let sealed = repo.store.get(&key)?;
                 let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
                 crate::repo::object_table::expand(&repo, &mut manifest)?;
                 Ok((meta, sha256(&sealed), manifest))

@@ -138,6 +138,7 @@ impl FaultProxy {
             faults,
             enabled: AtomicBool::new(true),
             next_request: AtomicU64::new(0),
+            lose_put_answers: AtomicU64::new(0),
             stats: Counters::default(),
         });
         let (shutdown, stop) = oneshot::channel();
@@ -187,6 +188,14 @@ impl FaultProxy {
         }
     }
 
+    /// The next `n` object PUTs (whole objects: not parts, not lock
+    /// changes) reach the server, which stores them, and then their answers
+    /// are lost: the connection closes instead, as when a network drops a
+    /// response. The client cannot tell whether the write happened.
+    pub fn lose_put_answers(&self, n: u64) {
+        self.state.lose_put_answers.store(n, Ordering::SeqCst);
+    }
+
     /// Turns injection off (every request forwarded at once) or back on.
     /// Requests received while it is off draw no fate: the sequence of fates
     /// resumes where it stopped.
@@ -211,6 +220,9 @@ struct State {
     enabled: AtomicBool,
     /// Index of the next request that draws a fate.
     next_request: AtomicU64,
+    /// Object PUTs still to forward and then answer with a closed
+    /// connection ([`FaultProxy::lose_put_answers`]).
+    lose_put_answers: AtomicU64,
     stats: Counters,
 }
 
@@ -376,6 +388,24 @@ async fn handle(
         bump(&state.stats.delayed);
         tokio::time::sleep(delay).await;
     }
+    let object_put = req.method() == hyper::Method::PUT
+        && req.uri().query().is_none_or(|q| {
+            !q.contains("uploadId") && !q.contains("retention") && !q.contains("object-lock")
+        })
+        && req.uri().path().trim_matches('/').contains('/');
+    if object_put
+        && state
+            .lose_put_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        let answer = forward(req, &state, &client, &upstream).await;
+        // The server has stored it; wait for its whole answer, then lose it.
+        let _ = answer.into_body().collect().await;
+        bump(&state.stats.dropped);
+        kill.notify_one();
+        return std::future::pending().await;
+    }
     match fate.outcome {
         Outcome::Forward => Ok(forward(req, &state, &client, &upstream).await),
         Outcome::SlowDown => {
@@ -517,6 +547,7 @@ mod tests {
             },
             enabled: AtomicBool::new(true),
             next_request: AtomicU64::new(0),
+            lose_put_answers: AtomicU64::new(0),
             stats: Counters::default(),
         };
         let (a, b) = (state(7), state(7));

@@ -224,9 +224,12 @@ async fn seal_and_finish(
     Ok(sealed_len)
 }
 
-/// Makes the locks of `packs` (those the catalog knows as shorter), the
-/// repository config and its keys last until `until`. Extend-only: a lock is
-/// never shortened.
+/// Makes the locks of `packs`, the repository config and its keys last
+/// until `until`. Extend-only: a lock is never shortened. What is locked
+/// and for how long is read from the store (the original version of each
+/// key, its retain-until by HEAD), never from the catalog: whoever can write
+/// the catalog could otherwise let locks lapse under backups that need them.
+/// The catalog is told what the store now says.
 async fn extend_locks(
     repo: &Arc<Repository>,
     catalog: &Catalog,
@@ -234,31 +237,51 @@ async fn extend_locks(
     packs: &[String],
     until: DateTime<Utc>,
 ) -> Result<()> {
-    let short = catalog.packs_locked_short(repo_id, packs, until).await?;
-    if !short.is_empty() {
-        tracing::info!(packs = short.len(), until = %until, "extending the locks of reused packs");
-    }
-    for (key, version) in short {
+    use futures::StreamExt;
+    let extend = |key: String| {
         let store = repo.store.clone();
-        let k = key.clone();
-        let locked = tokio::task::spawn_blocking(move || {
-            store.extend_retention(&k, version.as_deref(), until)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;
-        if let Some(end) = locked {
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<(String, Option<DateTime<Utc>>)> {
+                let original = crate::store::original(&*store, &key)?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("pack {key}, which this backup uses, is not in the store"),
+                    )
+                    .with_guidance("run `drctl verify` and `drctl catalog rebuild`")
+                })?;
+                let end = store.extend_retention(&key, original.version_id.as_deref(), until)?;
+                Ok((key, end))
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))?
+        }
+    };
+    // As many at once as the store allows requests in flight.
+    let mut results = futures::stream::iter(packs.iter().cloned().map(extend)).buffer_unordered(8);
+    let mut extended = 0usize;
+    while let Some(done) = results.next().await {
+        let (key, end) = done?;
+        if let Some(end) = end {
             catalog.pack_locked_until(repo_id, &key, end).await?;
+            extended += 1;
         }
     }
+    tracing::debug!(packs = extended, until = %until, "locks of the backup's packs checked");
     for key in [crate::repo::CONFIG_KEY, crate::repo::SECRET_KEY] {
         let store = repo.store.clone();
         let recorded = tokio::task::spawn_blocking(move || -> Result<_> {
-            let Some(head) = store.head(key)? else {
-                return Ok(None);
+            let read = match crate::store::read_original(&*store, key, key, 64 << 10) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
             };
-            let end = store.extend_retention(key, head.version_id.as_deref(), until)?;
-            let bytes = store.get(key)?;
-            Ok(Some((head, end, crate::store::sha256(&bytes))))
+            let version = read.meta.version_id.clone();
+            let end = store.extend_retention(key, version.as_deref(), until)?;
+            let head = match &version {
+                Some(v) => store.head_version(key, v)?,
+                None => store.head(key)?,
+            };
+            Ok(head.map(|h| (h, end, crate::store::sha256(&read.bytes))))
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Failed, "lock extension panicked").with_source(e))??;

@@ -239,4 +239,45 @@ impl Catalog {
         tx.commit().await.map_err(query_error)?;
         Ok(true)
     }
+
+    /// What the catalog knows, for finding orphans in the store: every pack
+    /// key it records, every backup id it has a row for (any status), and
+    /// when the backups still running started.
+    pub async fn known_objects(&self, repo: Uuid) -> Result<KnownObjects> {
+        let packs: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM packs WHERE repository_id = $1")
+                .bind(repo)
+                .fetch_all(self.pool())
+                .await
+                .map_err(query_error)?;
+        let backups: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM backups WHERE repository_id = $1")
+                .bind(repo)
+                .fetch_all(self.pool())
+                .await
+                .map_err(query_error)?;
+        let running: Vec<DateTime<Utc>> = sqlx::query_scalar(concat!(
+            "SELECT started_at FROM backups WHERE repository_id = $1 AND status = 'running' \
+               AND started_at > now() - interval '",
+            running_at_most!(),
+            "'"
+        ))
+        .bind(repo)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
+        Ok(KnownObjects {
+            packs: packs.into_iter().collect(),
+            backups: backups.into_iter().collect(),
+            running_since: running,
+        })
+    }
+}
+
+/// See [`Catalog::known_objects`].
+#[derive(Debug, Default)]
+pub struct KnownObjects {
+    pub packs: std::collections::HashSet<String>,
+    pub backups: std::collections::HashSet<Uuid>,
+    pub running_since: Vec<DateTime<Utc>>,
 }

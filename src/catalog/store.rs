@@ -157,26 +157,6 @@ impl Catalog {
         .map_err(query_error)
     }
 
-    /// Of the packs `keys`, those locked for less than `until` (or with no
-    /// lock on record): key and version id.
-    pub async fn packs_locked_short(
-        &self,
-        repo: Uuid,
-        keys: &[String],
-        until: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<(String, Option<String>)>> {
-        sqlx::query_as(
-            "SELECT key, version_id FROM packs WHERE repository_id = $1 AND key = ANY($2) \
-             AND (retain_until IS NULL OR retain_until < $3) ORDER BY key",
-        )
-        .bind(repo)
-        .bind(keys)
-        .bind(until)
-        .fetch_all(self.pool())
-        .await
-        .map_err(query_error)
-    }
-
     /// Records that a pack's lock now lasts until `until` (never earlier
     /// than recorded).
     pub async fn pack_locked_until(

@@ -206,7 +206,7 @@ impl BackupCommand {
                 Ok(())
             }
             BackupCommand::List => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
                 let rows = catalog.list_backups(repo.id).await?;
                 out.emit(&rows, || {
                     let mut t = format!(
@@ -232,7 +232,7 @@ impl BackupCommand {
                 Ok(())
             }
             BackupCommand::Delete { backup } => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
                 let row = catalog.delete_backup(repo.id, &backup).await?;
                 out.emit(&serde_json::json!({"deleted": row.id}), || {
                     format!(
@@ -243,7 +243,7 @@ impl BackupCommand {
                 Ok(())
             }
             BackupCommand::Describe { backup } => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?;
+                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
                 let row: BackupRow = catalog.find_backup(repo.id, &backup).await?;
                 out.emit(&row, || {
                     format!(

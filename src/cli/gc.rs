@@ -18,7 +18,7 @@ impl GcArgs {
         let catalog = ctx.catalog(&loaded).await?;
         let store = super::open_store(&loaded.config)?;
         let s = store.clone();
-        let config = tokio::task::spawn_blocking(move || crate::repo::read_config(&*s))
+        let (config, _) = tokio::task::spawn_blocking(move || crate::repo::read_config(&*s))
             .await
             .map_err(|e| {
                 Error::new(ErrorKind::Failed, "reading the config panicked").with_source(e)
@@ -42,9 +42,18 @@ impl GcArgs {
             }
             if !report.abandoned.is_empty() {
                 t.push_str(&format!(
-                    "removed {} temporary file(s) left by interrupted backups\n",
+                    "removed {} temporary file(s) or unfinished upload(s) left by interrupted backups\n",
                     report.abandoned.len()
                 ));
+            }
+            if !report.orphans.is_empty() {
+                t.push_str(&format!(
+                    "deleted {} orphan pack(s) that no backup and no catalog row knows\n",
+                    report.orphans.len()
+                ));
+            }
+            if let Some(why) = &report.orphans_skipped {
+                t.push_str(&format!("orphan packs not collected: {why}\n"));
             }
             if report.waiting > 0 {
                 t.push_str(&format!(

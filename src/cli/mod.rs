@@ -218,8 +218,9 @@ fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Re
             ));
         }
     };
+    // A reader with a secret file too checks the stored secret against it.
     let secret = match &enc.repository_secret_file {
-        Some(p) if write || identity.is_none() => {
+        Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| {
                 Error::config(format!("cannot read the repository secret {}", p.display()))
                     .with_source(e)
@@ -243,6 +244,7 @@ fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Re
             secret,
             identity,
         },
+        enc.repository_fingerprint.as_deref(),
     )
 }
 

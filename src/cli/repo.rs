@@ -76,13 +76,16 @@ impl RepoCommand {
                     &serde_json::json!({
                         "repository": repo.config,
                         "location": repo.store.location(),
+                        "secret_fingerprint": repo.secret.fingerprint(),
                         "secret_file": secret_file.as_ref().map(|p| p.display().to_string()),
                     }),
                     || {
                         let mut t = format!(
-                            "created repository {} at {}\n",
+                            "created repository {} at {}\nsecret fingerprint {} \
+                             (pin readers to it: encryption.repository_fingerprint)\n",
                             repo.config.id,
-                            repo.store.location()
+                            repo.store.location(),
+                            repo.secret.fingerprint()
                         );
                         if let Some(p) = &secret_file {
                             t.push_str(&format!(
@@ -95,12 +98,31 @@ impl RepoCommand {
                 );
             }
             RepoCommand::Info => {
-                let config = read_config(&*store)?;
+                let (config, _) = read_config(&*store)?;
+                // The fingerprint needs the secret: from its file, or
+                // decrypted with the identity. Opening checks the config
+                // against it (and against a pin), so a replaced config or
+                // secret shows here too.
+                let enc = &loaded.config.encryption;
+                let fingerprint = if enc.repository_secret_file.is_some()
+                    || ctx.identity.is_some()
+                    || enc.identity_file.is_some()
+                {
+                    let write = ctx.identity.is_none() && enc.identity_file.is_none();
+                    let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), write)?;
+                    Some(repo.secret.fingerprint())
+                } else {
+                    None
+                };
                 out.emit(
-                    &serde_json::json!({"repository": config, "location": store.location()}),
+                    &serde_json::json!({
+                        "repository": config,
+                        "location": store.location(),
+                        "secret_fingerprint": fingerprint,
+                    }),
                     || {
                         format!(
-                            "repository {}\nlocation   {}\nformat     {}\ncreated    {}\nchunker    {} min {} avg {} max {} (blocks: fixed {})\npacks      {} MiB\nrecipients {}\n",
+                            "repository {}\nlocation   {}\nformat     {}\ncreated    {}\nchunker    {} min {} avg {} max {} (blocks: fixed {})\npacks      {} MiB\nrecipients {}\nsecret     {}\n",
                             config.id,
                             store.location(),
                             config.format_version,
@@ -111,7 +133,10 @@ impl RepoCommand {
                             config.chunker.max,
                             config.chunker.block_chunk,
                             config.pack_size >> 20,
-                            config.recipients.join(", ")
+                            config.recipients.join(", "),
+                            fingerprint.as_deref().unwrap_or(
+                                "fingerprint unknown: needs the secret file or the identity"
+                            )
                         )
                     },
                 );

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{Context, Out};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
-use crate::repo::manifest::{Manifest, manifest_key};
+use crate::repo::manifest::Manifest;
 use crate::restore::volume::{Target, restore};
 
 #[derive(Debug, Subcommand)]
@@ -407,17 +407,7 @@ pub(crate) fn resolve_backup(repo: &Repository, given: &str) -> Result<Uuid> {
 }
 
 pub(crate) fn load_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {
-    let sealed = repo.store.get(&manifest_key(id)).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("backup {id} has no manifest in {}", repo.store.location()),
-            )
-            .with_guidance("it may have failed or still be running: `drctl backup describe ID`")
-        } else {
-            e
-        }
-    })?;
+    let sealed = crate::repo::manifest::read_sealed(&*repo.store, id)?.bytes;
     let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
     crate::repo::object_table::expand(repo, &mut manifest)?;
     Ok(manifest)

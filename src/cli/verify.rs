@@ -94,7 +94,7 @@ impl VerifyArgs {
 
 fn verify_storage(ctx: &Context, loaded: &crate::config::Loaded, out: &Out) -> Result<()> {
     let store = super::open_store(&loaded.config)?;
-    let config = crate::repo::read_config(&*store)?;
+    let (config, _) = crate::repo::read_config(&*store)?;
     let handle = tokio::runtime::Handle::current();
     let objects = handle.block_on(async {
         let catalog = ctx.catalog(loaded).await?;

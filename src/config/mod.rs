@@ -168,6 +168,11 @@ pub struct EncryptionConfig {
     /// The repository secret, for writers that do not hold the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_secret_file: Option<PathBuf>,
+    /// The fingerprint of the repository secret (`drs1-…`, printed by
+    /// `drctl repo init` and `drctl repo info`). When set, a repository
+    /// whose secret has another fingerprint is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -32,6 +32,11 @@ pub struct RepoSecret {
     pub chunk_id_key: [u8; 32],
     #[serde(with = "hex32")]
     pub manifest_mac_key: [u8; 32],
+    /// SHA-256 of the repository's `config` object: the config is plain
+    /// JSON (a reader needs it before any key), and this pins it, so a
+    /// config written by anyone else is refused.
+    #[serde(with = "hex32")]
+    pub config_sha256: [u8; 32],
 }
 
 impl std::fmt::Debug for RepoSecret {
@@ -41,7 +46,9 @@ impl std::fmt::Debug for RepoSecret {
 }
 
 impl RepoSecret {
-    pub fn generate(repository_id: uuid::Uuid) -> Result<Self> {
+    /// A new secret for the repository `repository_id` whose `config`
+    /// object has the SHA-256 `config_sha256`.
+    pub fn generate(repository_id: uuid::Uuid, config_sha256: [u8; 32]) -> Result<Self> {
         let mut keys = [0u8; 64];
         getrandom::fill(&mut keys).map_err(|e| {
             Error::new(ErrorKind::Failed, format!("no randomness from the OS: {e}"))
@@ -50,7 +57,22 @@ impl RepoSecret {
             repository_id,
             chunk_id_key: keys[..32].try_into().unwrap(),
             manifest_mac_key: keys[32..].try_into().unwrap(),
+            config_sha256,
         })
+    }
+
+    /// A short public name of this secret, safe to print and to put in a
+    /// reader's configuration (`encryption.repository_fingerprint`): a
+    /// reader pinned to it refuses a repository whose secret was replaced.
+    /// Derived one-way, so it reveals nothing of the keys.
+    pub fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new_derive_key("drctl repository secret fingerprint v1");
+        h.update(self.repository_id.as_bytes());
+        h.update(&self.chunk_id_key);
+        h.update(&self.manifest_mac_key);
+        h.update(&self.config_sha256);
+        let hex = hex::encode(&h.finalize().as_bytes()[..16]);
+        format!("drs1-{hex}")
     }
 
     /// The keyed id of a chunk's plaintext.
@@ -388,8 +410,8 @@ mod tests {
 
     #[test]
     fn chunk_ids_are_keyed() {
-        let a = RepoSecret::generate(uuid::Uuid::nil()).unwrap();
-        let b = RepoSecret::generate(uuid::Uuid::nil()).unwrap();
+        let a = RepoSecret::generate(uuid::Uuid::nil(), [0; 32]).unwrap();
+        let b = RepoSecret::generate(uuid::Uuid::nil(), [0; 32]).unwrap();
         assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
         assert_eq!(a.chunk_id(b"x"), a.chunk_id(b"x"));
         let round = RepoSecret::from_json(&a.to_json()).unwrap();

@@ -20,6 +20,36 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The most a sealed manifest can be (its JSON may decompress to 1 GiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+
+/// Reads the original of backup `id`'s sealed manifest (never a version put
+/// over it later), refusing one larger than a manifest can be.
+pub fn read_sealed(store: &dyn crate::store::Store, id: Uuid) -> Result<crate::store::Original> {
+    let key = manifest_key(id);
+    let read =
+        crate::store::read_original(store, &key, "manifest", MAX_MANIFEST_BYTES).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("backup {id} has no manifest in {}", store.location()),
+                )
+                .with_guidance("it may have failed or still be running: `drctl backup describe ID`")
+            } else {
+                e
+            }
+        })?;
+    if read.others > 0 {
+        tracing::warn!(
+            manifest = %key,
+            others = read.others,
+            "this manifest has later versions or delete markers: someone with write access to \
+             the bucket tried to replace or hide it; reading the original"
+        );
+    }
+    Ok(read)
+}
+
 /// The object key of a backup's manifest.
 pub fn manifest_key(id: Uuid) -> String {
     format!("manifests/{id}")

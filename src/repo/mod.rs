@@ -9,6 +9,12 @@
 //! Who can do what is decided by what they hold: writers hold recipients and
 //! the repository secret; readers (restore, drills, verify) hold an identity,
 //! which also unlocks the secret from `keys/repository`.
+//!
+//! Every key is written once, and what is read is its *original*: the
+//! oldest version, whatever a bucket writer put on top of it or hid it under
+//! ([`crate::store::original`]). The secret pins `config` by its SHA-256, so
+//! neither can be swapped for one of an attacker's making without a reader
+//! noticing; a reader may also pin the secret itself by its fingerprint.
 
 pub mod chunker;
 pub mod crypto;
@@ -44,6 +50,13 @@ use crate::store::{PutOptions, Store, sha256};
 
 pub const CONFIG_KEY: &str = "config";
 pub const SECRET_KEY: &str = "keys/repository";
+/// The most a `config` object can be; anything larger is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 10;
+/// The most a sealed `keys/repository` can be.
+pub const MAX_SECRET_BYTES: u64 = 64 << 10;
+/// The range of `pack_size` a config may set: outside it, a writer would
+/// make an object per chunk or run out of memory.
+pub const PACK_SIZE_RANGE: std::ops::RangeInclusive<usize> = (1 << 20)..=(256 << 20);
 /// Target size of a pack. 16 MiB: large enough that per-object costs (a PUT,
 /// a lock, a catalog row) vanish, small enough that a backup holds few in
 /// memory and a restore of one file reads little more than it needs.
@@ -96,7 +109,10 @@ pub struct Repository {
 impl Repository {
     /// Creates a repository in `store`. Refuses when one exists.
     pub fn init(store: Arc<dyn Store>, recipients: Recipients) -> Result<Repository> {
-        if store.head(CONFIG_KEY)?.is_some() {
+        // Any version counts, one hidden under a delete marker included.
+        if crate::store::original(&*store, CONFIG_KEY)?.is_some()
+            || crate::store::original(&*store, SECRET_KEY)?.is_some()
+        {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!("a repository exists already at {}", store.location()),
@@ -119,11 +135,11 @@ impl Repository {
             pack_size: PACK_SIZE,
             recipients: recipients.fingerprints(),
         };
-        let secret = RepoSecret::generate(config.id)?;
+        let json = serde_json::to_vec_pretty(&config).expect("config serialises");
+        let secret = RepoSecret::generate(config.id, sha256(&json))?;
         // The secret first: a `config` without its key would be a repository
         // nobody can write to.
         put(&*store, SECRET_KEY, &recipients.encrypt(&secret.to_json()))?;
-        let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         put(&*store, CONFIG_KEY, &json)?;
         Ok(Repository {
             store,
@@ -135,33 +151,34 @@ impl Repository {
     }
 
     /// Opens the repository in `store` with the keys the caller holds.
-    pub fn open(store: Arc<dyn Store>, keys: Keys) -> Result<Repository> {
-        let config = read_config(&*store)?;
+    ///
+    /// A writer takes the secret from its file and never decrypts; a reader
+    /// decrypts the original `keys/repository` with its identity, and when
+    /// it also has a secret file, the two must be the same secret. Either
+    /// way the original `config` must be the one the secret pins, and the
+    /// secret the one `pin` names, when set.
+    pub fn open(store: Arc<dyn Store>, keys: Keys, pin: Option<&str>) -> Result<Repository> {
+        let (config, config_sha) = read_config(&*store)?;
         let secret = match (keys.secret, &keys.identity) {
-            (Some(secret), _) => {
-                if secret.repository_id != config.id {
+            (Some(secret), None) => secret,
+            (secret, Some(identity)) => {
+                let stored = read_secret(&*store, identity)?;
+                if let Some(configured) = secret
+                    && configured.fingerprint() != stored.fingerprint()
+                {
                     return Err(Error::new(
-                        ErrorKind::Config,
+                        ErrorKind::Integrity,
                         format!(
-                            "the repository secret belongs to repository {}, not to {} at {}",
-                            secret.repository_id,
-                            config.id,
+                            "the repository secret in {} is not the one in encryption.repository_secret_file",
                             store.location()
                         ),
                     )
                     .with_guidance(
-                        "point encryption.repository_secret_file at this repository's secret",
+                        "someone with write access to the bucket may have replaced keys/repository, \
+                         or the file belongs to another repository; run `drctl verify --storage`",
                     ));
                 }
-                secret
-            }
-            (None, Some(identity)) => {
-                let sealed = store.get(SECRET_KEY)?;
-                let plain = identity.decrypt("the repository secret (keys/repository)", &sealed)?;
-                RepoSecret::from_json(&plain).map_err(|e| {
-                    Error::new(ErrorKind::Integrity, "the repository secret does not parse")
-                        .with_source(e)
-                })?
+                stored
             }
             (None, None) => {
                 return Err(Error::new(
@@ -174,6 +191,47 @@ impl Repository {
                 ));
             }
         };
+        if secret.repository_id != config.id {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the repository secret belongs to repository {}, not to {} at {}",
+                    secret.repository_id,
+                    config.id,
+                    store.location()
+                ),
+            )
+            .with_guidance("point encryption.repository_secret_file at this repository's secret"));
+        }
+        if secret.config_sha256 != config_sha {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the repository config at {} is not the one its secret was made with",
+                    store.location()
+                ),
+            )
+            .with_guidance(
+                "someone with write access to the bucket wrote a config of their own; nothing \
+                 was read or written. Run `drctl verify --storage` to see every changed object",
+            ));
+        }
+        if let Some(pin) = pin
+            && pin != secret.fingerprint()
+        {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the repository secret at {} has fingerprint {}, not the {pin} this reader is pinned to",
+                    store.location(),
+                    secret.fingerprint()
+                ),
+            )
+            .with_guidance(
+                "the repository was replaced or this is another repository: check \
+                 encryption.repository_fingerprint against `drctl repo info` on a trusted machine",
+            ));
+        }
         Ok(Repository {
             store,
             config,
@@ -181,6 +239,13 @@ impl Repository {
             recipients: keys.recipients,
             identity: keys.identity,
         })
+    }
+
+    /// The most a pack of this repository can be: its target size, the
+    /// largest chunk that can overshoot it, and an index that, for packs of
+    /// tiny chunks, can outgrow the chunks themselves.
+    pub fn max_pack_bytes(&self) -> u64 {
+        4 * self.config.pack_size as u64 + 2 * u64::from(chunker::CDC_MAX)
     }
 
     /// The recipients, for writing. Errors when the caller has none.
@@ -205,21 +270,25 @@ impl Repository {
     }
 }
 
-/// Reads and checks the `config` object.
-pub fn read_config(store: &dyn Store) -> Result<RepoConfig> {
-    let bytes = store.get(CONFIG_KEY).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("there is no repository at {}", store.location()),
-            )
-            .with_guidance(
-                "check repository in the configuration, or create one with `drctl repo init`",
-            )
-        } else {
-            e
-        }
-    })?;
+/// Reads the original `config` object and checks what can be checked
+/// without the secret; returns it with its SHA-256 (for the secret's pin).
+pub fn read_config(store: &dyn Store) -> Result<(RepoConfig, [u8; 32])> {
+    let read =
+        crate::store::read_original(store, CONFIG_KEY, "repository config", MAX_CONFIG_BYTES)
+            .map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(
+                    ErrorKind::NotFound,
+                    format!("there is no repository at {}", store.location()),
+                )
+                .with_guidance(
+                    "check repository in the configuration, or create one with `drctl repo init`",
+                )
+                } else {
+                    e
+                }
+            })?;
+    let bytes = read.bytes;
     let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
@@ -244,7 +313,28 @@ pub fn read_config(store: &dyn Store) -> Result<RepoConfig> {
             "use the drctl release that matches the repository format (drctl version)",
         ));
     }
-    Ok(config)
+    if !PACK_SIZE_RANGE.contains(&config.pack_size) {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "the repository config at {} sets pack_size {}, outside what drctl writes",
+                store.location(),
+                config.pack_size
+            ),
+        )
+        .with_guidance("run `drctl verify --storage`: the config may have been replaced"));
+    }
+    Ok((config, sha256(&bytes)))
+}
+
+/// Decrypts the original `keys/repository`.
+fn read_secret(store: &dyn Store, identity: &Identity) -> Result<RepoSecret> {
+    let sealed =
+        crate::store::read_original(store, SECRET_KEY, "repository secret", MAX_SECRET_BYTES)?;
+    let plain = identity.decrypt("the repository secret (keys/repository)", &sealed.bytes)?;
+    RepoSecret::from_json(&plain).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "the repository secret does not parse").with_source(e)
+    })
 }
 
 /// Put-once with a checksum and no lock date (the caller adds one on S3).

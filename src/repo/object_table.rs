@@ -52,7 +52,7 @@ pub fn expand(repo: &Repository, m: &mut Manifest) -> Result<()> {
             .get(i as usize)
             .ok_or_else(|| damaged(format!("chunk {i} is not in the manifest")))?;
         if !packs.contains_key(loc.pack.as_str()) {
-            let pack = OpenPack::fetch(&*repo.store, &loc.pack, identity)?;
+            let pack = OpenPack::fetch(&*repo.store, &loc.pack, identity, repo.max_pack_bytes())?;
             packs.insert(loc.pack.as_str(), pack);
         }
         bytes.extend(packs[loc.pack.as_str()].chunk_at(loc, &repo.secret, &mut zstd)?);

@@ -231,30 +231,20 @@ pub fn pack_key(sha: &[u8; 32]) -> String {
     format!("packs/{}/{h}", &h[..2])
 }
 
-/// The version of `key` whose bytes match the key's hash, if any.
-fn original_version(store: &dyn Store, key: &str) -> Result<Option<(String, Vec<u8>)>> {
-    for v in store.versions(key)? {
-        let Some(version) = v.version_id else {
-            continue;
-        };
-        let bytes = store.get_version(key, &version)?;
-        if verify_pack(key, &bytes).is_ok() {
-            return Ok(Some((version, bytes)));
-        }
-    }
-    Ok(None)
-}
-
 /// Checks that `bytes` are the pack stored under `key`.
 fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
     if pack_key(&sha256(bytes)) != key {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!("pack {key} is damaged or replaced: its SHA-256 does not match its key"),
-        )
-        .with_guidance("run `drctl verify --read-data` to list the backups and files it affects"));
+        return Err(mismatch(key));
     }
     Ok(())
+}
+
+fn mismatch(key: &str) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!("pack {key} is damaged or replaced: its SHA-256 does not match its key"),
+    )
+    .with_guidance("run `drctl verify --read-data` to list the backups and files it affects")
 }
 
 /// Reads the index of a verified pack.
@@ -289,6 +279,10 @@ fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex>
 /// the only way the read side gets at chunks, so none skips a check.
 pub struct OpenPack {
     pub key: String,
+    /// The version read.
+    pub meta: ObjectMeta,
+    /// Other versions of the key and delete markers, none of them read.
+    pub others: usize,
     bytes: Vec<u8>,
     pub index: PackIndex,
     /// Index entries by offset, for [`OpenPack::chunk_at`].
@@ -296,27 +290,35 @@ pub struct OpenPack {
 }
 
 impl OpenPack {
-    /// Reads the pack `key` and checks it against its hash. On a versioned
-    /// bucket, a newer version put under the key (by someone holding write
-    /// access) does not match; the version that does is read instead, and
-    /// the replacement is reported.
-    pub fn fetch(store: &dyn Store, key: &str, identity: &Identity) -> Result<Self> {
-        let bytes = store.get(key)?;
-        let bytes = match verify_pack(key, &bytes) {
-            Ok(()) => bytes,
-            Err(e) => match original_version(store, key)? {
-                Some((version, bytes)) => {
-                    tracing::warn!(
-                        pack = %key,
-                        %version,
-                        "the newest version of this pack does not match its hash: it was replaced; \
-                         reading the original version"
-                    );
-                    bytes
-                }
-                None => return Err(e),
-            },
+    /// Reads the pack `key` and checks it against its hash: of its
+    /// versions, oldest first, the first that hashes to its key, so neither
+    /// a version put over it nor a delete marker changes what is read.
+    /// Versions larger than `limit` (the most a pack of the repository can
+    /// be, [`super::Repository::max_pack_bytes`]) are skipped unread.
+    pub fn fetch(store: &dyn Store, key: &str, identity: &Identity, limit: u64) -> Result<Self> {
+        let found = crate::store::read_first_matching(store, key, limit, &|bytes| {
+            verify_pack(key, bytes).is_ok()
+        })?;
+        let Some(found) = found else {
+            if crate::store::original(store, key)?.is_none() {
+                return Err(
+                    Error::new(ErrorKind::NotFound, format!("pack {key} does not exist"))
+                        .with_guidance(
+                            "run `drctl verify` to list the backups and files it affects",
+                        ),
+                );
+            }
+            return Err(mismatch(key));
         };
+        if found.others > 0 {
+            tracing::warn!(
+                pack = %key,
+                others = found.others,
+                "this pack has other versions or delete markers: someone with write access to \
+                 the bucket replaced or hid it; reading the original"
+            );
+        }
+        let bytes = found.bytes;
         let index = read_index(key, &bytes, identity)?;
         let at_offset = index
             .chunks
@@ -326,6 +328,8 @@ impl OpenPack {
             .collect();
         Ok(OpenPack {
             key: key.to_string(),
+            meta: found.meta,
+            others: found.others,
             bytes,
             index,
             at_offset,

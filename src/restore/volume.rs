@@ -306,7 +306,7 @@ fn restore_pack(
     progress: &(dyn Fn(u64) + Sync),
     zstd: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<()> {
-    let pack = OpenPack::fetch(&*repo.store, pack, identity)?;
+    let pack = OpenPack::fetch(&*repo.store, pack, identity, repo.max_pack_bytes())?;
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.

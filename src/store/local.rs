@@ -311,6 +311,19 @@ impl Store for LocalStore {
         }
     }
 
+    fn versions(&self, key: &str) -> Result<Vec<super::Version>> {
+        let path = self.path(key)?;
+        match fs::metadata(&path) {
+            Ok(m) => Ok(vec![super::Version {
+                meta: self.meta(key, &m),
+                delete_marker: false,
+                modified: m.modified().ok().map(chrono::DateTime::<chrono::Utc>::from),
+            }]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.io_error(format!("cannot stat object {key}"), e)),
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         walk(&self.root, &self.root, &mut |key, m| {

@@ -40,11 +40,25 @@ pub struct ObjectMeta {
     pub lock_mode: Option<String>,
 }
 
+/// One entry of an object's history on a versioned store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub meta: ObjectMeta,
+    /// A delete marker: what a plain DELETE leaves on a versioned bucket. It
+    /// hides the object from `get` and `list` but removes nothing.
+    pub delete_marker: bool,
+    /// When the version was written, where the store says.
+    pub modified: Option<DateTime<Utc>>,
+}
+
 /// A place to keep objects. Keys are `/`-separated relative paths.
 pub trait Store: Send + Sync {
     /// Writes `data` under `key` unless the key exists: put-once. Returns
     /// [`crate::ErrorKind::Integrity`] when `data` does not match
-    /// `opts.sha256`, and an error whose kind is `Config` when the key exists.
+    /// `opts.sha256`. When the key exists, a versioned store compares the
+    /// original with `data`: the same bytes are success (a retried put whose
+    /// first answer was lost), other bytes an integrity error; a directory
+    /// answers with an error whose kind is `Config`.
     fn put(&self, key: &str, data: &[u8], opts: &PutOptions) -> Result<ObjectMeta>;
     /// Reads a whole object. `NotFound` when absent.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
@@ -68,10 +82,37 @@ pub trait Store: Send + Sync {
         let _ = version;
         self.get(key)
     }
-    /// Every version of the object `key`, newest first. Empty on stores
-    /// without versions.
-    fn versions(&self, key: &str) -> Result<Vec<ObjectMeta>> {
-        let _ = key;
+    /// The history of `key`: its versions oldest first, then its delete
+    /// markers. A store without versions answers with the object, if any.
+    fn versions(&self, key: &str) -> Result<Vec<Version>> {
+        Ok(self
+            .head(key)?
+            .into_iter()
+            .map(|meta| Version {
+                meta,
+                delete_marker: false,
+                modified: None,
+            })
+            .collect())
+    }
+    /// Reads `version` of `key` (the object itself when `None`), refusing
+    /// more than `limit` bytes: whatever the server announces, no more is
+    /// ever buffered.
+    fn read(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Vec<u8>> {
+        let bytes = match version {
+            Some(v) => self.get_version(key, v)?,
+            None => self.get(key)?,
+        };
+        if bytes.len() as u64 > limit {
+            return Err(too_large(key, bytes.len() as u64, limit));
+        }
+        Ok(bytes)
+    }
+    /// Aborts what interrupted multipart uploads left (parts a killed backup
+    /// uploaded and never completed) that started before `before`; returns
+    /// their keys. Nothing on stores without multipart uploads.
+    fn abort_abandoned_uploads(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
+        let _ = before;
         Ok(Vec::new())
     }
     /// Makes the lock of an object (version) last at least until `until`,
@@ -165,6 +206,97 @@ impl<S: Store + ?Sized> Upload for Buffered<'_, S> {
             buffer: self.data,
         })
     }
+}
+
+/// The authentic version of `key`, which drctl writes once: the oldest
+/// version that is not a delete marker. Object Lock keeps a version from
+/// being deleted or overwritten, but anyone who can write to the bucket can
+/// put a *new* version over it or hide it under a delete marker; neither is
+/// ever read.
+pub fn original(store: &dyn Store, key: &str) -> Result<Option<ObjectMeta>> {
+    Ok(store
+        .versions(key)?
+        .into_iter()
+        .find(|v| !v.delete_marker)
+        .map(|v| v.meta))
+}
+
+/// An object read through [`read_original`] or [`read_first_matching`].
+#[derive(Debug)]
+pub struct Original {
+    /// Of the version read.
+    pub meta: ObjectMeta,
+    pub bytes: Vec<u8>,
+    /// Versions of the key other than the one read, and delete markers: each
+    /// is a sign that someone used write access against the repository.
+    pub others: usize,
+}
+
+/// Reads the authentic version of `key` ([`original`]), refusing it before
+/// the download when it is larger than `limit`, the most a `what` can be.
+/// `NotFound` when the key has no version.
+pub fn read_original(store: &dyn Store, key: &str, what: &str, limit: u64) -> Result<Original> {
+    let versions = store.versions(key)?;
+    let others = versions.len().saturating_sub(1);
+    let Some(meta) = versions
+        .into_iter()
+        .find(|v| !v.delete_marker)
+        .map(|v| v.meta)
+    else {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::NotFound,
+            format!("object {key} does not exist"),
+        ));
+    };
+    if meta.size > limit {
+        return Err(too_large(key, meta.size, limit).with_guidance(format!(
+            "a {what} is never that large: this object was not written by drctl; \
+             run `drctl verify --storage` and check who holds write access to the bucket"
+        )));
+    }
+    let bytes = store.read(key, meta.version_id.as_deref(), limit)?;
+    Ok(Original {
+        meta,
+        bytes,
+        others,
+    })
+}
+
+/// Reads the versions of the content-addressed `key`, oldest first, and
+/// returns the first whose bytes `matches` accepts, skipping (unread) those
+/// larger than `limit`. A pack is named by its own hash, so any version that
+/// hashes to its key is the pack; the search stops at the first.
+pub fn read_first_matching(
+    store: &dyn Store,
+    key: &str,
+    limit: u64,
+    matches: &dyn Fn(&[u8]) -> bool,
+) -> Result<Option<Original>> {
+    let versions = store.versions(key)?;
+    let others = versions.len().saturating_sub(1);
+    for v in versions {
+        if v.delete_marker || v.meta.size > limit {
+            continue;
+        }
+        let bytes = store.read(key, v.meta.version_id.as_deref(), limit)?;
+        if matches(&bytes) {
+            return Ok(Some(Original {
+                meta: v.meta,
+                bytes,
+                others,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn too_large(key: &str, size: u64, limit: u64) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorKind::Integrity,
+        format!(
+            "refusing to read {key}: it is {size} bytes, more than the {limit} its kind can be"
+        ),
+    )
 }
 
 /// Refuses bytes that do not match the checksum their put carries: the

@@ -111,7 +111,7 @@ impl S3Store {
         S3Store {
             client,
             bucket: cfg.bucket.clone(),
-            prefix: cfg.prefix.clone(),
+            prefix: normalise_prefix(&cfg.prefix),
             mode: cfg.lock_mode,
             default_retention: chrono::Duration::days(i64::from(cfg.retention_days)),
             multipart_threshold: MULTIPART_THRESHOLD,
@@ -282,24 +282,25 @@ impl S3Store {
         data: &[u8],
         checksum: &str,
         until: aws_sdk_s3::primitives::DateTime,
-    ) -> std::result::Result<Option<String>, Error> {
-        let out = self
-            .call(async {
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(full)
-                    .body(ByteStream::from(data.to_vec()))
-                    .if_none_match("*")
-                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                    .checksum_sha256(checksum)
-                    .object_lock_mode(self.lock_mode())
-                    .object_lock_retain_until_date(until)
-                    .send()
-                    .await
-            })
-            .map_err(|e| put_error(e, full))?;
-        Ok(out.version_id().map(str::to_string))
+    ) -> Result<Put> {
+        let out = self.call(async {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(full)
+                .body(ByteStream::from(data.to_vec()))
+                .if_none_match("*")
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(checksum)
+                .object_lock_mode(self.lock_mode())
+                .object_lock_retain_until_date(until)
+                .send()
+                .await
+        });
+        match out {
+            Ok(out) => Ok(Put::Stored(out.version_id().map(str::to_string))),
+            Err(e) => put_error(e, full),
+        }
     }
 
     fn put_multipart(
@@ -307,7 +308,7 @@ impl S3Store {
         full: &str,
         data: &[u8],
         until: aws_sdk_s3::primitives::DateTime,
-    ) -> std::result::Result<Option<String>, Error> {
+    ) -> Result<Put> {
         let created = self
             .call(async {
                 self.client
@@ -350,26 +351,27 @@ impl S3Store {
                         .build(),
                 );
             }
-            let done = self
-                .call(async {
-                    self.client
-                        .complete_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(full)
-                        .upload_id(&upload_id)
-                        .if_none_match("*")
-                        .multipart_upload(
-                            CompletedMultipartUpload::builder()
-                                .set_parts(Some(parts))
-                                .build(),
-                        )
-                        .send()
-                        .await
-                })
-                .map_err(|e| put_error(e, full))?;
-            Ok(done.version_id().map(str::to_string))
+            let done = self.call(async {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(&upload_id)
+                    .if_none_match("*")
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+            });
+            match done {
+                Ok(done) => Ok(Put::Stored(done.version_id().map(str::to_string))),
+                Err(e) => put_error(e, full),
+            }
         })();
-        if result.is_err() {
+        if !matches!(result, Ok(Put::Stored(_))) {
             let _ = self.call(async {
                 self.client
                     .abort_multipart_upload()
@@ -388,6 +390,7 @@ impl S3Store {
         key: &str,
         version: Option<&str>,
         range: Option<Range<u64>>,
+        limit: u64,
     ) -> Result<Vec<u8>> {
         let full = self.full_key(key);
         self.call(async {
@@ -412,7 +415,12 @@ impl S3Store {
                 })?;
             // Into one buffer of the announced size as the body streams in:
             // collecting first and joining after would hold a pack twice.
-            let mut data = Vec::with_capacity(out.content_length().unwrap_or(0).max(0) as usize);
+            // Never more than `limit`, whatever the server announces.
+            let announced = out.content_length().unwrap_or(0).max(0) as u64;
+            if announced > limit {
+                return Err(super::too_large(key, announced, limit));
+            }
+            let mut data = Vec::with_capacity(announced as usize);
             let mut body = out.body;
             let broke = |e: aws_sdk_s3::primitives::ByteStreamError| {
                 Error::new(
@@ -422,10 +430,109 @@ impl S3Store {
                 .with_source(e)
             };
             while let Some(piece) = body.try_next().await.map_err(broke)? {
+                if (data.len() + piece.len()) as u64 > limit {
+                    return Err(super::too_large(
+                        key,
+                        (data.len() + piece.len()) as u64,
+                        limit,
+                    ));
+                }
                 data.extend_from_slice(&piece);
             }
             Ok(data)
         })
+    }
+
+    /// The history of every key under `prefix` (only of `exact` when set),
+    /// by key: versions oldest first, then delete markers.
+    fn history(
+        &self,
+        prefix: &str,
+        exact: Option<&str>,
+    ) -> Result<Vec<(String, Vec<super::Version>)>> {
+        use std::collections::BTreeMap;
+        let full = self.full_key(prefix);
+        let exact = exact.map(|k| self.full_key(k));
+        // Per key: (last modified, position in the answer, version).
+        type Seen = Vec<(Option<DateTime<Utc>>, usize, super::Version)>;
+        let mut keys: BTreeMap<String, (Seen, Vec<super::Version>)> = BTreeMap::new();
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        let mut position = 0usize;
+        loop {
+            let page = self
+                .call(async {
+                    self.client
+                        .list_object_versions()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_key_marker(key_marker.clone())
+                        .set_version_id_marker(version_marker.clone())
+                        .send()
+                        .await
+                })
+                .map_err(|e| s3_error(e, format!("cannot list the versions of {prefix}")))?;
+            let wanted = |k: &str| exact.as_deref().is_none_or(|e| e == k);
+            for v in page.versions() {
+                let Some(k) = v.key().filter(|k| wanted(k)) else {
+                    continue;
+                };
+                let key = self.strip(k).to_string();
+                position += 1;
+                let version = super::Version {
+                    meta: ObjectMeta {
+                        key: key.clone(),
+                        size: v.size().unwrap_or(0).max(0) as u64,
+                        version_id: v.version_id().map(str::to_string),
+                        retain_until: None,
+                        lock_mode: None,
+                    },
+                    delete_marker: false,
+                    modified: v.last_modified().and_then(from_s3_time),
+                };
+                let modified = version.modified;
+                keys.entry(key)
+                    .or_default()
+                    .0
+                    .push((modified, position, version));
+            }
+            for m in page.delete_markers() {
+                let Some(k) = m.key().filter(|k| wanted(k)) else {
+                    continue;
+                };
+                let key = self.strip(k).to_string();
+                let marker = super::Version {
+                    meta: ObjectMeta {
+                        key: key.clone(),
+                        size: 0,
+                        version_id: m.version_id().map(str::to_string),
+                        retain_until: None,
+                        lock_mode: None,
+                    },
+                    delete_marker: true,
+                    modified: m.last_modified().and_then(from_s3_time),
+                };
+                keys.entry(key).or_default().1.push(marker);
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_string);
+                version_marker = page.next_version_id_marker().map(str::to_string);
+            } else {
+                break;
+            }
+        }
+        Ok(keys
+            .into_iter()
+            .map(|(key, (mut seen, markers))| {
+                // S3 lists a key's versions newest first; the dates decide,
+                // the listing's order breaks ties.
+                seen.sort_by_key(|(modified, position, _)| {
+                    (*modified, std::cmp::Reverse(*position))
+                });
+                let mut all: Vec<super::Version> = seen.into_iter().map(|(_, _, v)| v).collect();
+                all.extend(markers);
+                (key, all)
+            })
+            .collect())
     }
 
     fn head_object(&self, key: &str, version: Option<&str>) -> Result<Option<ObjectMeta>> {
@@ -453,6 +560,59 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// A put-once found `key` taken (HTTP 412). Usually it is this very put,
+    /// retried after its first answer was lost on the way back, or the same
+    /// pack written by another backup: the original version holding the
+    /// same bytes is success (its lock made to last until `until`). Other
+    /// bytes mean someone else wrote the key first.
+    fn put_existing(
+        &self,
+        key: &str,
+        data: &[u8],
+        opts: &PutOptions,
+        until: DateTime<Utc>,
+    ) -> Result<ObjectMeta> {
+        let taken = || {
+            Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "object {key} exists already with other content; drctl writes every key once, \
+                     so someone else wrote it first"
+                ),
+            )
+            .with_guidance(
+                "run `drctl verify --storage` and check who holds write access to the bucket",
+            )
+        };
+        let Some(original) = super::original(self, key)? else {
+            return Err(taken());
+        };
+        if original.size != data.len() as u64
+            || sha256(&self.read(key, original.version_id.as_deref(), original.size)?)
+                != opts.sha256
+        {
+            return Err(taken());
+        }
+        let version = original.version_id.as_deref();
+        let end = self.extend_retention(key, version, until)?;
+        let head = self.head_object(key, version)?;
+        tracing::debug!(%key, "put found the same bytes stored already");
+        Ok(ObjectMeta {
+            retain_until: end,
+            lock_mode: head.and_then(|h| h.lock_mode),
+            ..original
+        })
+    }
+}
+
+/// What a put-once was answered.
+enum Put {
+    Stored(Option<String>),
+    /// The key was taken (HTTP 412).
+    Exists,
+}
+
 impl Drop for S3Store {
     fn drop(&mut self) {
         // Dropping a runtime blocks, which panics inside async code.
@@ -471,14 +631,19 @@ impl Store for S3Store {
         let until_s3 = to_s3_time(until);
         let full = self.full_key(key);
         let version = if data.len() > self.multipart_threshold {
-            let version = self.put_multipart(&full, data, until_s3)?;
+            let Put::Stored(version) = self.put_multipart(&full, data, until_s3)? else {
+                return self.put_existing(key, data, opts, until);
+            };
             // The lock requested when the upload started is checked on the
             // object it became, and set if the server left it off (moto does;
             // S3 does not): no object drctl writes goes unlocked.
             self.extend_retention(key, version.as_deref(), until)?;
             version
         } else {
-            self.put_single(&full, data, &b64(&opts.sha256), until_s3)?
+            match self.put_single(&full, data, &b64(&opts.sha256), until_s3)? {
+                Put::Stored(version) => version,
+                Put::Exists => return self.put_existing(key, data, opts, until),
+            }
         };
         Ok(ObjectMeta {
             key: key.to_string(),
@@ -490,18 +655,23 @@ impl Store for S3Store {
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.get_object(key, None, None)
+        self.get_object(key, None, None, u64::MAX)
     }
 
     fn get_version(&self, key: &str, version: &str) -> Result<Vec<u8>> {
-        self.get_object(key, Some(version), None)
+        self.get_object(key, Some(version), None, u64::MAX)
+    }
+
+    fn read(&self, key: &str, version: Option<&str>, limit: u64) -> Result<Vec<u8>> {
+        self.get_object(key, version, None, limit)
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        self.get_object(key, None, Some(range))
+        let len = range.end - range.start;
+        self.get_object(key, None, Some(range), len)
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -512,84 +682,72 @@ impl Store for S3Store {
         self.head_object(key, Some(version))
     }
 
+    /// Keys with at least one version, each described by its original
+    /// ([`super::original`]): a delete marker hides nothing from drctl.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let full = self.full_key(prefix);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(async {
-                    self.client
-                        .list_objects_v2()
-                        .bucket(&self.bucket)
-                        .prefix(&full)
-                        .set_continuation_token(token.clone())
-                        .send()
-                        .await
-                })
-                .map_err(|e| {
-                    s3_error(e, format!("cannot list {prefix} in bucket {}", self.bucket))
-                })?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                out.push(ObjectMeta {
-                    key: self.strip(k).to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    version_id: None,
-                    retain_until: None,
-                    lock_mode: None,
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+        let mut out: Vec<ObjectMeta> = Vec::new();
+        for (key, versions) in self.history(prefix, None)? {
+            if let Some(v) = versions.into_iter().find(|v| !v.delete_marker) {
+                debug_assert_eq!(v.meta.key, key);
+                out.push(v.meta);
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
-    fn versions(&self, key: &str) -> Result<Vec<ObjectMeta>> {
-        let full = self.full_key(key);
-        let mut out = Vec::new();
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+    fn versions(&self, key: &str) -> Result<Vec<super::Version>> {
+        Ok(self
+            .history(key, Some(key))?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_default())
+    }
+
+    fn abort_abandoned_uploads(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
+        let mut aborted = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
             let page = self
                 .call(async {
                     self.client
-                        .list_object_versions()
+                        .list_multipart_uploads()
                         .bucket(&self.bucket)
-                        .prefix(&full)
+                        .prefix(&self.prefix)
                         .set_key_marker(key_marker.clone())
-                        .set_version_id_marker(version_marker.clone())
+                        .set_upload_id_marker(id_marker.clone())
                         .send()
                         .await
                 })
-                .map_err(|e| s3_error(e, format!("cannot list the versions of {key}")))?;
-            for v in page.versions() {
-                if v.key() != Some(full.as_str()) {
+                .map_err(|e| s3_error(e, "cannot list unfinished uploads".into()))?;
+            for u in page.uploads() {
+                let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let started = u.initiated().and_then(from_s3_time);
+                if started.is_none_or(|t| t >= before) {
                     continue;
                 }
-                out.push((
-                    v.last_modified().and_then(from_s3_time),
-                    ObjectMeta {
-                        key: key.to_string(),
-                        size: v.size().unwrap_or(0).max(0) as u64,
-                        version_id: v.version_id().map(str::to_string),
-                        retain_until: None,
-                        lock_mode: None,
-                    },
-                ));
+                self.call(async {
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(full)
+                        .upload_id(id)
+                        .send()
+                        .await
+                })
+                .map_err(|e| s3_error(e, format!("cannot abort the upload of {full}")))?;
+                aborted.push(self.strip(full).to_string());
             }
             if page.is_truncated() == Some(true) {
                 key_marker = page.next_key_marker().map(str::to_string);
-                version_marker = page.next_version_id_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
             } else {
                 break;
             }
         }
-        out.sort_by_key(|v| std::cmp::Reverse(v.0));
-        Ok(out.into_iter().map(|(_, m)| m).collect())
+        Ok(aborted)
     }
 
     fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
@@ -658,6 +816,18 @@ impl Store for S3Store {
     }
 }
 
+/// `cluster-1` and `cluster-1/` name the same folder (docs/configuration.md):
+/// keys go under `cluster-1/`, never `cluster-1config`, so an IAM policy
+/// scoped to `cluster-1/*` covers every object.
+fn normalise_prefix(prefix: &str) -> String {
+    let p = prefix.trim_start_matches('/');
+    if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -700,15 +870,12 @@ fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
 fn put_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     e: SdkError<E>,
     key: &str,
-) -> Error {
+) -> Result<Put> {
     let status = e.raw_response().map(|r| r.status().as_u16());
     if e.code() == Some("PreconditionFailed") || status == Some(412) {
-        return Error::new(
-            ErrorKind::Config,
-            format!("object {key} exists already; objects are never overwritten"),
-        );
+        return Ok(Put::Exists);
     }
-    s3_error(e, format!("cannot store {key}"))
+    Err(s3_error(e, format!("cannot store {key}")))
 }
 
 /// An error from the SDK, described by its S3 code and message only: the

@@ -75,10 +75,8 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
     let mut users: BTreeMap<String, BTreeMap<Uuid, BTreeSet<String>>> = BTreeMap::new();
     for id in ids {
         report.backups += 1;
-        let manifest = repo
-            .store
-            .get(&crate::repo::manifest::manifest_key(id))
-            .and_then(|b| Manifest::open(id, &b, &repo.secret, identity))
+        let manifest = crate::repo::manifest::read_sealed(&*repo.store, id)
+            .and_then(|r| Manifest::open(id, &r.bytes, &repo.secret, identity))
             .and_then(|mut m| {
                 crate::repo::object_table::expand(repo, &mut m)?;
                 Ok(m)
@@ -187,7 +185,7 @@ fn read_pack(
     pack: &str,
 ) -> std::result::Result<(u64, u64), String> {
     let msg = |e: crate::Error| e.report().trim_end().to_string();
-    let pack = OpenPack::fetch(&*repo.store, pack, identity).map_err(msg)?;
+    let pack = OpenPack::fetch(&*repo.store, pack, identity, repo.max_pack_bytes()).map_err(msg)?;
     let mut zstd = crate::repo::pack::decompressor();
     for entry in &pack.index.chunks {
         pack.chunk(entry, &repo.secret, &mut zstd).map_err(msg)?;

@@ -122,7 +122,7 @@ pub fn load(repo: &Repository, manifest: &Manifest, scope: &Scope) -> Result<Vec
         crate::parallel::threads(),
         crate::repo::pack::decompressor,
         |zstd, (key, objects)| {
-            let pack = OpenPack::fetch(&*repo.store, key, identity)?;
+            let pack = OpenPack::fetch(&*repo.store, key, identity, repo.max_pack_bytes())?;
             let mut got = Vec::with_capacity(objects.len());
             for i in objects {
                 let o = &manifest.objects[i];
