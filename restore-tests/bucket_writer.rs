@@ -363,7 +363,7 @@ async fn an_object_larger_than_the_format_allows_is_refused_unread() {
         "other.yaml",
         &std::fs::read_to_string(&env.config).unwrap().replace(
             "force_path_style: true",
-            "force_path_style: true\n    prefix: other",
+            "force_path_style: true\n    prefix: other/",
         ),
     );
     let (out, stdout, stderr) = harness::run(
