@@ -30,8 +30,10 @@ pub struct IndexEntry {
     pub offset: u32,
     pub length: u32,
     pub raw_length: u32,
-    /// Index into [`PackIndex::keys`].
-    pub key: u8,
+    /// Index into [`PackIndex::keys`]: the number of the worker that
+    /// sealed the chunk. 16 bits (JSON, so packs written with 8 read the
+    /// same): a machine with more than 256 cores must not wrap it around.
+    pub key: u16,
 }
 
 /// The decrypted index of a pack.
@@ -167,7 +169,7 @@ impl<'s> PackWriter<'s> {
     }
 
     /// Adds a blob sealed with data key number `key` of the writer.
-    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize, key: u8) -> Result<()> {
+    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_length: usize, key: u16) -> Result<()> {
         self.index.push(IndexEntry {
             id,
             offset: self.len as u32,
@@ -380,5 +382,52 @@ impl OpenPack {
                 )
             })?;
         self.chunk(entry, secret, zstd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use age::secrecy::ExposeSecret;
+
+    /// A writer with more than 256 workers (one data key each): a chunk
+    /// sealed by worker 300 opens with key 300, not with key 300 mod 256.
+    #[test]
+    fn chunks_of_worker_300_open_with_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let id = age::x25519::Identity::generate();
+        let recipients = Recipients::parse(&[id.to_public().to_string()]).unwrap();
+        let identity = Identity::from_file(&{
+            let p = dir.path().join("identity.txt");
+            std::fs::write(&p, id.to_string().expose_secret()).unwrap();
+            p
+        })
+        .unwrap();
+        let secret = RepoSecret::generate(uuid::Uuid::nil(), [0; 32]).unwrap();
+        let keys: Vec<DataKey> = (0..301).map(|_| DataKey::generate().unwrap()).collect();
+        let mut zstd = zstd::bulk::Compressor::new(1).unwrap();
+        let mut writer = PackWriter::new(store.upload(Vec::new(), 1 << 20).unwrap());
+        let mut chunks = Vec::new();
+        for worker in [0u16, 255, 256, 300] {
+            let data = format!("sealed by worker {worker}").into_bytes();
+            let cid = secret.chunk_id(&data);
+            let blob =
+                seal_chunk(&cid, &data, &mut zstd, &keys[worker as usize], Vec::new()).unwrap();
+            writer.add(cid, &blob, data.len(), worker).unwrap();
+            chunks.push(data);
+        }
+        let (stored, _, _) = writer
+            .seal(&recipients, &keys)
+            .unwrap()
+            .store(None)
+            .unwrap();
+        let open = OpenPack::fetch(&store, &stored.key, &identity, 1 << 30).unwrap();
+        let mut unzstd = decompressor();
+        for (entry, data) in open.index.chunks.iter().zip(&chunks) {
+            assert_eq!(&open.chunk(entry, &secret, &mut unzstd).unwrap(), data);
+        }
+        assert_eq!(open.index.chunks[3].key, 300);
     }
 }

@@ -143,7 +143,10 @@ pub fn write<R: Send>(
     produce: impl FnOnce(&Sink) -> Result<R>,
 ) -> Result<(R, Vec<Written>, WriteStats)> {
     let recipients = repo.recipients()?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // A blob names its worker's key in 16 bits.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(1 << 16);
     let (job_tx, job_rx) = sync_channel::<Job>(1);
     let (blob_tx, blob_rx) = sync_channel::<Blob>(1);
     // One data key per worker for this run: a blob names its key by number.
@@ -230,7 +233,7 @@ pub fn write<R: Send>(
                             }
                         };
                         pool.give(job.data);
-                        if blob_tx.send((id, blob, len, worker as u8)).is_err() {
+                        if blob_tx.send((id, blob, len, worker as u16)).is_err() {
                             fail(stopped_error());
                         }
                     }
@@ -275,7 +278,7 @@ pub fn write<R: Send>(
 }
 
 /// A sealed chunk on its way to a pack: id, blob, raw length, data key number.
-type Blob = (ChunkId, Vec<u8>, usize, u8);
+type Blob = (ChunkId, Vec<u8>, usize, u16);
 
 /// Fills packs with blobs, writing each blob to the store as it comes, and
 /// hands each full pack to the uploader to be stored.
