@@ -266,7 +266,7 @@ impl Config {
             {
                 msg = rest.to_string();
             }
-            ConfigError::new(if key == "." { "" } else { &key }, &msg)
+            ConfigError::new(if key == "." { "" } else { &key }, &hide_values(&msg))
         })
     }
 
@@ -625,3 +625,32 @@ fn validate_bucket_name(name: &str) -> std::result::Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// serde quotes the offending value (`invalid type: string "postgres://u:PASS@db",
+/// expected …`); a value in the wrong place may be a secret, so every
+/// quoted string is replaced. The key path and the expectation say enough.
+fn hide_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string (value not shown)");
+        let quoted = &rest[at + "string \"".len()..];
+        let mut escaped = false;
+        let mut end = quoted.len();
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    out
+}

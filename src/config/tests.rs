@@ -166,3 +166,28 @@ fn bucket_names_follow_s3_rules() {
         assert!(validate_bucket_name(good).is_ok(), "{good}");
     }
 }
+
+#[test]
+fn a_secret_in_the_wrong_place_is_not_quoted() {
+    // `catalog:` must be a mapping; written as a scalar, serde would quote
+    // the whole URL, password and all.
+    let text = minimal("").replace(
+        "catalog:\n  url: postgres://u@h/d\n",
+        "catalog: postgres://u:PLANTED-PASSWORD@db/x\n",
+    );
+    let err = Config::parse(&text).unwrap_err().to_string();
+    assert!(!err.contains("PLANTED-PASSWORD"), "{err}");
+    assert!(
+        err.contains("catalog") && err.contains("value not shown"),
+        "{err}"
+    );
+}
+
+#[test]
+fn quoted_values_are_hidden_escapes_and_all() {
+    assert_eq!(
+        hide_values(r#"invalid type: string "a\"b", expected struct X"#),
+        "invalid type: a string (value not shown), expected struct X"
+    );
+    assert_eq!(hide_values("no value here"), "no value here");
+}
