@@ -237,6 +237,18 @@ impl Catalog {
 
     /// A backup by id or unique id prefix.
     pub async fn find_backup(&self, repo: Uuid, id: &str) -> Result<BackupRow> {
+        // Checked before it goes anywhere near SQL: `%` or `_` would match
+        // any backup in a LIKE.
+        if id.is_empty() || id.len() > 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("`{id}` is not a backup id: ids are hexadecimal digits and dashes"),
+            )
+            .with_guidance(
+                "`drctl backup list` shows the backups; give an id or its first characters",
+            ));
+        }
         let rows: Vec<BackupRow> = sqlx::query_as(concat!(
             "SELECT ",
             columns!(),

@@ -151,7 +151,7 @@ impl BackupCommand {
                             .with_guidance("pass --name NAME")
                         })?,
                 };
-                let writer = writer(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, ctx.identity.as_deref(), args.retention)?;
                 let bar = super::progress::bytes(None, "read");
                 let summary = with_progress(bar, |p| {
                     crate::backup::backup_volume(writer, &catalog, &name, source, p)
@@ -180,7 +180,7 @@ impl BackupCommand {
                          key_file (docs/configuration.md)",
                     )
                 })?;
-                let writer = writer(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, ctx.identity.as_deref(), args.retention)?;
                 let bar = super::progress::bytes(None, "streamed");
                 let s = with_progress(bar, |p| {
                     crate::backup::backup_etcd(writer, &catalog, &cfg, &args.name, p)
@@ -193,7 +193,7 @@ impl BackupCommand {
                 // Bad flags and an unreachable cluster fail before the
                 // repository is touched.
                 let scope = args.scope.scope()?;
-                let writer = writer(&loaded.config, args.retention)?;
+                let writer = writer(&loaded.config, ctx.identity.as_deref(), args.retention)?;
                 let cluster = args.cluster.connect(&loaded.config).await?;
                 let bar = super::progress::counter("objects");
                 let s = with_progress(bar, |p| {
@@ -305,10 +305,11 @@ fn render_summary(s: &Summary) -> String {
 /// with the configured zstd level and the backup's retention.
 fn writer(
     config: &crate::config::Config,
+    identity: Option<&std::path::Path>,
     given: Option<chrono::Duration>,
 ) -> Result<crate::backup::Writer> {
     Ok(crate::backup::Writer {
-        repo: Arc::new(super::open_repo(config, None, true)?),
+        repo: Arc::new(super::open_repo(config, identity, true)?),
         zstd_level: config
             .repository
             .zstd_level

@@ -197,14 +197,25 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 }
 
 /// Opens the repository with what the configuration (and flags) hold. A
-/// writer uses the repository secret file when it has one; a reader needs
+/// writer holds recipients and the repository secret and never loads an
+/// identity, even one the configuration names (a config shared with restore
+/// hosts may): nothing that runs on a schedule can decrypt. A reader needs
 /// the identity.
 fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Repository> {
     let store = open_store(config)?;
     let enc = &config.encryption;
+    if write && identity.is_some() {
+        return Err(Error::config(
+            "--identity is for commands that decrypt; backups never load the identity",
+        )
+        .with_guidance(
+            "drop --identity: writers hold the recipients and encryption.repository_secret_file",
+        ));
+    }
     let identity_path = identity
         .map(Path::to_path_buf)
-        .or_else(|| enc.identity_file.clone());
+        .or_else(|| enc.identity_file.clone())
+        .filter(|_| !write);
     let identity = match (&identity_path, write) {
         (Some(p), _) => Some(Identity::from_file(p)?),
         (None, true) => None,
