@@ -199,9 +199,19 @@ async fn etcd_backup_restores_with_etcdctl_to_the_same_keyspace_revision_and_has
     let id = summary["backup_id"].as_str().unwrap();
 
     // The file, byte for byte as etcd streamed it: etcdctl checks its hash.
+    // Someone planted a link under the helper file's name: it is not
+    // followed. And the snapshot, every Secret of the cluster, is readable
+    // by its owner only, whatever the umask (022 here).
     let file = env.ws.path("snapshot.db");
+    let victim = env.ws.path("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, env.ws.path(".snapshot.db.drctl-part")).unwrap();
     let (out, stdout, stderr) = env.restore_etcd(id, &["--output", file.to_str().unwrap()]);
     assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "snapshot mode {mode:o}");
     let status = Command::new(etcdctl())
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "status", "-w", "json"])

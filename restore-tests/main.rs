@@ -12,6 +12,7 @@ mod etcd;
 mod fault_proxy;
 mod rebuild;
 mod resources;
+mod restore_safety;
 mod s3;
 mod services;
 mod tree;

@@ -2,11 +2,8 @@
 //! only module allowed `unsafe`.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 /// Data regions `(offset, length)` of a file, skipping holes (SEEK_DATA /
 /// SEEK_HOLE). Falls back to one region when the file system cannot tell.
@@ -40,32 +37,6 @@ pub fn data_extents(file: &std::fs::File, size: u64) -> io::Result<Vec<(u64, u64
         off = hole;
     }
     Ok(out)
-}
-
-/// Sets the modification time of `path` without following a symlink; the
-/// access time is set to the same value.
-pub fn set_mtime_nofollow(path: &Path, mtime_ns: i64) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let ts = libc::timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
-    };
-    let times = [ts, ts];
-    // SAFETY: `c` is a valid NUL-terminated string and `times` two timespecs,
-    // both alive for the call.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether the process runs as root (and so can restore ownership).

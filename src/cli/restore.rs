@@ -115,6 +115,11 @@ pub(crate) struct VolumeArgs {
     /// Restore into a non-empty directory (or over an existing block target).
     #[arg(long)]
     force: bool,
+    /// Leave out setuid and setgid bits and `security.*` extended
+    /// attributes (file capabilities, labels), for a backup you do not
+    /// trust; the summary lists what was left out.
+    #[arg(long)]
+    no_setuid: bool,
 }
 
 impl RestoreCommand {
@@ -165,7 +170,10 @@ impl RestoreCommand {
                     .map(|e| e.extents.iter().map(|x| x.length).sum::<u64>())
                     .sum();
                 let bar = super::progress::bytes(Some(total), "restored");
-                let result = restore(&repo, &manifest, &target, &|n| bar.inc(n));
+                let options = crate::restore::volume::Options {
+                    no_setuid: args.no_setuid,
+                };
+                let result = restore(&repo, &manifest, &target, options, &|n| bar.inc(n));
                 bar.finish_and_clear();
                 let summary = result.map_err(|e| {
                     let hint = format!(
@@ -190,6 +198,9 @@ impl RestoreCommand {
                     );
                     for w in &summary.warnings {
                         t.push_str(&format!("  warning: {w}\n"));
+                    }
+                    for d in &summary.dropped {
+                        t.push_str(&format!("  left out (--no-setuid): {d}\n"));
                     }
                     t
                 });

@@ -12,6 +12,7 @@
 
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,7 +83,23 @@ pub fn write_snapshot(
         .file_name()
         .ok_or_else(|| Error::config(format!("--output {} names no file", output.display())))?;
     let part = output.with_file_name(format!(".{}.drctl-part", name.to_string_lossy()));
+    // The snapshot holds every Secret of the cluster: readable by its owner
+    // only, whatever the umask, and created here, exclusively and without
+    // following a link someone planted under the name.
     let _ = fs::remove_file(&part);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .map_err(|e| {
+            Error::io(
+                e,
+                ErrorKind::Failed,
+                format!("cannot create {}", part.display()),
+            )
+        })?;
     let written = restore(
         repo,
         manifest,
@@ -90,6 +107,7 @@ pub fn write_snapshot(
             path: part.clone(),
             force: true,
         },
+        Default::default(),
         progress,
     )
     .and_then(|s| {
@@ -573,13 +591,17 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new() -> Result<Scratch> {
         let dir = std::env::temp_dir().join(format!("drctl-verify-{}", uuid::Uuid::new_v4()));
-        fs::create_dir_all(&dir).map_err(|e| {
-            Error::io(
-                e,
-                ErrorKind::Failed,
-                format!("cannot create a scratch directory {}", dir.display()),
-            )
-        })?;
+        // Owner only: it holds a copy of every Secret of the cluster.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                Error::io(
+                    e,
+                    ErrorKind::Failed,
+                    format!("cannot create a scratch directory {}", dir.display()),
+                )
+            })?;
         Ok(Scratch(dir))
     }
 }

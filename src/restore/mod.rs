@@ -2,6 +2,7 @@
 //! its SHA-256 key before use, every chunk against its keyed id after
 //! decryption and decompression; nothing unverified reaches the target.
 
+pub mod beneath;
 pub mod etcd;
 pub mod resources;
 pub mod volume;

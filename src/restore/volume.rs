@@ -9,12 +9,15 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use rustix::fs::{FileType, OFlags};
+
+use super::beneath::{self, Beneath};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{Entry, EntryKind, Manifest};
@@ -31,6 +34,9 @@ pub struct RestoreSummary {
     pub packs_read: u64,
     /// Metadata that could not be applied (ownership when not root, …).
     pub warnings: Vec<String>,
+    /// What `--no-setuid` left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 /// Where restored data goes.
@@ -61,20 +67,6 @@ fn bad_manifest(path: &str) -> Error {
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(e, ErrorKind::Failed, what)
-}
-
-/// Removes what is at `p` unless it is what `keep` accepts (a symlink never
-/// is: lstat does not follow it). Missing is fine.
-fn remove_if_not(p: &std::path::Path, keep: impl Fn(&fs::Metadata) -> bool) {
-    if let Ok(m) = fs::symlink_metadata(p)
-        && !keep(&m)
-    {
-        let _ = if m.is_dir() {
-            fs::remove_dir_all(p)
-        } else {
-            fs::remove_file(p)
-        };
-    }
 }
 
 /// Checks the target before anything is written.
@@ -110,79 +102,147 @@ pub fn check_target(target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the entries of a directory backup describe a tree: every
+/// path once, every entry below a directory entry listed before it, every
+/// hard link naming a file. A manifest that does not is refused before
+/// anything is written: a path listed twice (a file and then a symlink of
+/// the same name) or an entry below a symlink is how a hostile backup would
+/// reach outside the target.
+pub fn check_tree(manifest: &Manifest) -> Result<()> {
+    let mut kinds: HashMap<&str, EntryKind> = HashMap::with_capacity(manifest.entries.len());
+    for e in &manifest.entries {
+        if !e.path.is_empty() {
+            rel_path(e)?;
+        }
+        let parent = e.path.rsplit_once('/').map_or("", |(p, _)| p);
+        if !e.path.is_empty() && !parent.is_empty() && kinds.get(parent) != Some(&EntryKind::Dir) {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the manifest places `{}` below `{parent}`, which it does not hold as a directory",
+                    e.path
+                ),
+            )
+            .with_guidance("do not restore this backup: it was written to reach outside its target"));
+        }
+        if e.path.is_empty() && e.kind != EntryKind::Dir {
+            return Err(bad_manifest(&e.path));
+        }
+        if e.kind == EntryKind::Hardlink
+            && e.target.as_deref().and_then(|t| kinds.get(t)) != Some(&EntryKind::File)
+        {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "the manifest links `{}` to something that is not a file before it",
+                    e.path
+                ),
+            ));
+        }
+        if kinds.insert(&e.path, e.kind).is_some() {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!("the manifest lists `{}` twice", e.path),
+            )
+            .with_guidance(
+                "do not restore this backup: it was written to reach outside its target",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a restore may leave out on request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Drop setuid and setgid bits and `security.*` extended attributes
+    /// (file capabilities, SELinux labels): a restored tree then grants no
+    /// privilege on the machine it lands on.
+    pub no_setuid: bool,
+}
+
 /// Restores `manifest` to `target`.
 pub fn restore(
     repo: &Repository,
     manifest: &Manifest,
     target: &Target,
+    options: Options,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<RestoreSummary> {
     check_target(target)?;
     let identity = repo.identity()?;
-    let (root, block) = match target {
-        Target::Dir { path, .. } => (path.clone(), false),
-        Target::Block { path, .. } => (path.clone(), true),
-    };
-    if !block {
-        fs::create_dir_all(&root).map_err(io(format!(
-            "cannot create restore target {}",
-            root.display()
-        )))?;
-        // Probe writability now, not after the first pack is fetched.
-        let probe = root.join(format!(".drctl-probe-{}", std::process::id()));
-        File::create(&probe).map_err(io(format!(
-            "restore target {} is not writable",
-            root.display()
-        )))?;
-        let _ = fs::remove_file(&probe);
-    }
-    let dest = |e: &Entry| -> Result<PathBuf> {
-        if block {
-            Ok(root.clone())
-        } else {
-            Ok(root.join(rel_path(e)?))
-        }
-    };
-
-    // 1. Directories and files at full size.
     let mut summary = RestoreSummary {
         backup_id: manifest.backup_id,
-        target: root.display().to_string(),
+        target: String::new(),
         entries: manifest.entries.len() as u64,
         files: 0,
         bytes: 0,
         packs_read: 0,
         warnings: Vec::new(),
+        dropped: Vec::new(),
     };
+    let root = match target {
+        Target::Block { path, .. } => {
+            summary.target = path.display().to_string();
+            return restore_block(repo, identity, manifest, path, progress, summary);
+        }
+        Target::Dir { path, .. } => path.clone(),
+    };
+    summary.target = root.display().to_string();
+    check_tree(manifest)?;
+    fs::create_dir_all(&root).map_err(io(format!(
+        "cannot create restore target {}",
+        root.display()
+    )))?;
+    // Probe writability now, not after the first pack is fetched. Created
+    // exclusively, never through a link planted under its name.
+    let probe = root.join(format!(".drctl-probe-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(io(format!(
+            "restore target {} is not writable",
+            root.display()
+        )))?;
+    let _ = fs::remove_file(&probe);
+    let beneath = Beneath::open(&root).map_err(io(format!("cannot open {}", root.display())))?;
+    let b = &beneath;
+    let at = |e: &Entry| -> Result<PathBuf> {
+        if e.path.is_empty() {
+            Ok(PathBuf::new())
+        } else {
+            rel_path(e)
+        }
+    };
+    let fail = |what: &str, e: &Entry| {
+        let what = what.to_string();
+        let path = display_path(e);
+        move |err: std::io::Error| {
+            Error::io(err, ErrorKind::Failed, format!("cannot {what} {path}"))
+        }
+    };
+
+    // 1. Directories, and files created empty at their full size. Whatever
+    // is in the way (with --force) is removed, never followed or reused: a
+    // file there may be a hard link to one outside.
     for e in &manifest.entries {
-        let p = dest(e)?;
+        let p = at(e)?;
         match e.kind {
-            EntryKind::Dir => {
-                // Parents come before children, so replacing a symlink here
-                // keeps every later path inside the target (with --force,
-                // the target may hold links that point out of it).
-                if !e.path.is_empty() {
-                    remove_if_not(&p, |m| m.is_dir());
+            EntryKind::Dir if !e.path.is_empty() => {
+                if b.kind(&p).map_err(fail("inspect", e))? != Some(FileType::Directory) {
+                    b.remove(&p).map_err(fail("replace", e))?;
                 }
-                fs::create_dir_all(&p)
-                    .map_err(io(format!("cannot create directory {}", p.display())))?;
-                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
+                b.mkdir(&p).map_err(fail("create directory", e))?;
             }
-            EntryKind::File | EntryKind::Block => {
-                if !block {
-                    remove_if_not(&p, |m| m.is_file());
-                }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(!block)
-                    .custom_flags(if block { 0 } else { libc::O_NOFOLLOW })
-                    .open(&p)
-                    .map_err(io(format!("cannot create {}", p.display())))?;
-                if !block || f.metadata().map(|m| m.is_file()).unwrap_or(false) {
-                    f.set_len(e.size)
-                        .map_err(io(format!("cannot size {}", p.display())))?;
-                }
+            EntryKind::File => {
+                b.remove(&p).map_err(fail("replace", e))?;
+                let f = b
+                    .open_at(&p, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)
+                    .map_err(fail("create", e))?;
+                f.set_len(e.size).map_err(fail("size", e))?;
                 summary.files += 1;
                 summary.bytes += e.size;
             }
@@ -191,6 +251,162 @@ pub fn restore(
     }
 
     // 2. Data, pack by pack.
+    let open = |e: &Entry| -> Result<File> {
+        b.open_at(&at(e)?, OFlags::WRONLY, 0)
+            .map_err(fail("open", e))
+    };
+    summary.packs_read = restore_data(repo, identity, manifest, &open, progress)?;
+
+    // 3. Links.
+    let by_path: HashMap<&str, usize> = manifest
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_str(), i))
+        .collect();
+    for e in &manifest.entries {
+        let p = at(e)?;
+        match e.kind {
+            EntryKind::Symlink => {
+                let t = e
+                    .target
+                    .as_deref()
+                    .and_then(unescape)
+                    .ok_or_else(|| bad_manifest(&e.path))?;
+                b.remove(&p).map_err(fail("replace", e))?;
+                b.symlink(std::ffi::OsStr::from_bytes(&t), &p)
+                    .map_err(fail("create symlink", e))?;
+            }
+            EntryKind::Hardlink => {
+                let first = e
+                    .target
+                    .as_ref()
+                    .and_then(|t| by_path.get(t.as_str()))
+                    .map(|&i| &manifest.entries[i])
+                    .ok_or_else(|| bad_manifest(&e.path))?;
+                b.remove(&p).map_err(fail("replace", e))?;
+                b.hard_link(&at(first)?, &p)
+                    .map_err(fail("create hard link", e))?;
+            }
+            _ => {}
+        }
+    }
+
+    // 4. Metadata, deepest first, on descriptors: nothing is followed.
+    let root_user = crate::sys::is_root();
+    for e in manifest.entries.iter().rev() {
+        let p = at(e)?;
+        let owner = (e.uid, e.gid);
+        let warn = |summary: &mut RestoreSummary, what: String| {
+            summary.warnings.push(format!("{}: {what}", e.path))
+        };
+        match e.kind {
+            EntryKind::Hardlink | EntryKind::Block => continue,
+            EntryKind::Symlink => {
+                // Symlinks carry no mode, and xattrs on them are not
+                // restored (Linux allows only trusted.* and security.*).
+                if let Err(err) = b.set_link_meta(&p, owner.0, owner.1, e.mtime_ns)
+                    && root_user
+                {
+                    warn(&mut summary, format!("owner or times: {err}"));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let dir = if e.kind == EntryKind::Dir {
+            OFlags::DIRECTORY
+        } else {
+            OFlags::empty()
+        };
+        let f = b
+            .open_at(&p, OFlags::RDONLY | OFlags::NOFOLLOW | dir, 0)
+            .map_err(fail("open", e))?;
+        for (name, value) in &e.xattrs {
+            let (Some(n), Ok(v)) = (unescape(name), hex::decode(value)) else {
+                continue;
+            };
+            if options.no_setuid && n.starts_with(b"security.") {
+                summary.dropped.push(format!("{}: xattr {name}", e.path));
+                continue;
+            }
+            if let Err(err) = xattr::FileExt::set_xattr(&f, std::ffi::OsStr::from_bytes(&n), &v) {
+                warn(&mut summary, format!("xattr {name}: {err}"));
+            }
+        }
+        let mut mode = e.mode;
+        if options.no_setuid && mode & 0o6000 != 0 {
+            summary.dropped.push(format!(
+                "{}: {} bit",
+                e.path,
+                match mode & 0o6000 {
+                    0o4000 => "setuid",
+                    0o2000 => "setgid",
+                    _ => "setuid and setgid",
+                }
+            ));
+            mode &= !0o6000;
+        }
+        match beneath::set_meta(&f, mode, Some(owner), e.mtime_ns) {
+            Ok(()) => {}
+            // Not root: the owner could not be set; mode and times were.
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) && !root_user => {}
+            Err(err) => {
+                if root_user && err.raw_os_error() == Some(libc::EPERM) {
+                    warn(&mut summary, format!("owner {}:{}: {err}", e.uid, e.gid));
+                } else {
+                    return Err(fail("set the metadata of", e)(err));
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// A block backup into a file or device the operator named.
+fn restore_block(
+    repo: &Repository,
+    identity: &crate::repo::Identity,
+    manifest: &Manifest,
+    path: &std::path::Path,
+    progress: &(dyn Fn(u64) + Sync),
+    mut summary: RestoreSummary,
+) -> Result<RestoreSummary> {
+    for e in &manifest.entries {
+        if matches!(e.kind, EntryKind::File | EntryKind::Block) {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io(format!("cannot create {}", path.display())))?;
+            if f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                f.set_len(e.size)
+                    .map_err(io(format!("cannot size {}", path.display())))?;
+            }
+            summary.files += 1;
+            summary.bytes += e.size;
+        }
+    }
+    let open = |_: &Entry| -> Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(format!("cannot open {}", path.display())))
+    };
+    summary.packs_read = restore_data(repo, identity, manifest, &open, progress)?;
+    Ok(summary)
+}
+
+/// Writes every chunk where the entries want it, pack by pack (each pack
+/// fetched once, on all cores); returns how many packs were read.
+fn restore_data(
+    repo: &Repository,
+    identity: &crate::repo::Identity,
+    manifest: &Manifest,
+    open: &(dyn Fn(&Entry) -> Result<File> + Sync),
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
     let mut by_pack: HashMap<&str, Vec<(u32, usize, u64)>> = HashMap::new();
     for (ei, e) in manifest.entries.iter().enumerate() {
         for x in &e.extents {
@@ -216,83 +432,12 @@ pub fn restore(
         crate::parallel::threads(),
         crate::repo::pack::decompressor,
         |zstd, (pack, uses)| {
-            restore_pack(repo, identity, manifest, pack, uses, &dest, progress, zstd)?;
+            restore_pack(repo, identity, manifest, pack, uses, open, progress, zstd)?;
             packs_read.fetch_add(1, Ordering::Relaxed);
             Ok(())
         },
     )?;
-    summary.packs_read = packs_read.into_inner();
-    if block {
-        return Ok(summary);
-    }
-
-    // 3. Links.
-    let by_path: HashMap<&str, usize> = manifest
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path.as_str(), i))
-        .collect();
-    for e in &manifest.entries {
-        let p = dest(e)?;
-        match e.kind {
-            EntryKind::Symlink => {
-                let t = e
-                    .target
-                    .as_deref()
-                    .and_then(unescape)
-                    .ok_or_else(|| bad_manifest(&e.path))?;
-                let _ = fs::remove_file(&p);
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t), &p)
-                    .map_err(io(format!("cannot create symlink {}", p.display())))?;
-            }
-            EntryKind::Hardlink => {
-                let first = e
-                    .target
-                    .as_ref()
-                    .and_then(|t| by_path.get(t.as_str()))
-                    .map(|&i| &manifest.entries[i])
-                    .ok_or_else(|| bad_manifest(&e.path))?;
-                let _ = fs::remove_file(&p);
-                fs::hard_link(dest(first)?, &p)
-                    .map_err(io(format!("cannot create hard link {}", p.display())))?;
-            }
-            _ => {}
-        }
-    }
-
-    // 4. Metadata, deepest first.
-    let root_user = crate::sys::is_root();
-    for e in manifest.entries.iter().rev() {
-        if e.kind == EntryKind::Hardlink {
-            continue;
-        }
-        let p = dest(e)?;
-        for (name, value) in &e.xattrs {
-            let (Some(n), Ok(v)) = (unescape(name), hex::decode(value)) else {
-                continue;
-            };
-            if let Err(err) = xattr::set(&p, std::ffi::OsStr::from_bytes(&n), &v) {
-                summary
-                    .warnings
-                    .push(format!("{}: xattr {name}: {err}", e.path));
-            }
-        }
-        if let Err(err) = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid))
-            && root_user
-        {
-            summary
-                .warnings
-                .push(format!("{}: owner {}:{}: {err}", e.path, e.uid, e.gid));
-        }
-        if e.kind != EntryKind::Symlink {
-            fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
-                .map_err(io(format!("cannot set the mode of {}", p.display())))?;
-        }
-        crate::sys::set_mtime_nofollow(&p, e.mtime_ns)
-            .map_err(io(format!("cannot set the times of {}", p.display())))?;
-    }
-    Ok(summary)
+    Ok(packs_read.into_inner())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -302,7 +447,7 @@ fn restore_pack(
     manifest: &Manifest,
     pack: &str,
     mut uses: Vec<(u32, usize, u64)>,
-    dest: &dyn Fn(&Entry) -> Result<PathBuf>,
+    open: &(dyn Fn(&Entry) -> Result<File> + Sync),
     progress: &(dyn Fn(u64) + Sync),
     zstd: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<()> {
@@ -320,14 +465,9 @@ fn restore_pack(
         }
         let data = &current.as_ref().expect("set above").1;
         let e = &manifest.entries[ei];
-        let p = dest(e)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .map_err(io(format!("cannot open {}", p.display())))?;
+        let f = open(e)?;
         f.write_all_at(data, at)
-            .map_err(io(format!("cannot write {}", p.display())))?;
+            .map_err(io(format!("cannot write {}", display_path(e))))?;
         progress(data.len() as u64);
     }
     Ok(())

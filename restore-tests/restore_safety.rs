@@ -1,0 +1,269 @@
+//! What a careless invocation or a hostile backup must not be able to do to
+//! the machine or the cluster it runs against.
+
+use crate::harness::{self, VolumeEnv};
+
+/// A writer never reads the age identity, even when the configuration (or
+/// DRCTL_IDENTITY_FILE) names one, so a broken or hostile identity file
+/// cannot stop backups, and `--identity` on a backup is refused.
+#[tokio::test]
+async fn writers_never_load_the_identity() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let bad = env.ws.path("not-an-identity.txt");
+    std::fs::write(&bad, b"this is not an age identity\n").unwrap();
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&[
+            "backup",
+            "volume",
+            "--path",
+            src.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .env("DRCTL_IDENTITY_FILE", &bad),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["backup", "volume", "--path", src.to_str().unwrap()])
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("backups never load the identity"),
+        "{stderr}"
+    );
+}
+
+/// A backup id is hexadecimal digits and dashes: `%` and `_` are refused
+/// before any query, instead of matching every backup in a LIKE.
+#[tokio::test]
+async fn backup_ids_are_validated_before_any_query() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let id = env.backup(&src, "v")["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (args, what) in [
+        (["backup", "describe", "%"], "describe"),
+        (["backup", "delete", "_"], "delete"),
+        (["backup", "delete", "%"], "delete"),
+    ] {
+        let (out, stdout, stderr) = harness::run(&mut env.cmd(&args));
+        assert_eq!(out.status.code(), Some(3), "{what}: {stdout}{stderr}");
+        assert!(stderr.contains("is not a backup id"), "{stderr}");
+    }
+    let listed = env.json(&["backup", "list"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == id.as_str()),
+        "the backup survived: {listed}"
+    );
+}
+
+/// A manifest of `entries`, sealed with the repository's real secret (the
+/// attacker is a compromised writer, who holds it) and stored as a new
+/// backup of the local repository; returns its id.
+fn plant(env: &VolumeEnv, entries: Vec<drctl::repo::manifest::Entry>) -> String {
+    use drctl::repo::manifest::Manifest;
+    let secret = drctl::repo::RepoSecret::from_json(
+        &std::fs::read(env.ws.path("repo-secret.json")).unwrap(),
+    )
+    .unwrap();
+    let recipients =
+        drctl::repo::Recipients::parse(std::slice::from_ref(&env.ws.recipient)).unwrap();
+    let id = uuid::Uuid::now_v7();
+    let m = Manifest {
+        format: drctl::repo::manifest::MANIFEST_FORMAT,
+        backup_id: id,
+        repository_id: secret.repository_id,
+        kind: "volume".into(),
+        name: "hostile".into(),
+        created_at: chrono::Utc::now(),
+        parent: None,
+        source: "/".into(),
+        status: "complete".into(),
+        problems: vec![],
+        entries,
+        chunks: vec![],
+        etcd: None,
+        objects: Vec::new(),
+        object_table: None,
+    };
+    std::fs::create_dir_all(env.repo().join("manifests")).unwrap();
+    std::fs::write(
+        env.repo().join(format!("manifests/{id}")),
+        m.seal(&secret, &recipients),
+    )
+    .unwrap();
+    id.to_string()
+}
+
+fn entry(path: &str, kind: &str, mode: u32, target: Option<&str>) -> drctl::repo::manifest::Entry {
+    serde_json::from_value(serde_json::json!({
+        "path": path, "kind": kind, "mode": mode, "uid": 0, "gid": 0,
+        "mtime_ns": 1_700_000_000_000_000_000i64, "size": 0, "target": target,
+    }))
+    .unwrap()
+}
+
+/// Everything under `dir`: path, mode and content, for "nothing changed".
+fn snapshot(dir: &std::path::Path) -> Vec<(String, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let content = if m.is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            m.permissions().mode(),
+            content,
+        ));
+        if m.is_dir() {
+            out.extend(snapshot(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Hostile manifests, sealed with the real secret, try to reach outside an
+/// empty restore target: through a symlink they create first, through a
+/// hard link to one, and by listing a setuid file and a symlink under the
+/// same name so that setting the file's mode follows the link. Each is
+/// refused before anything is written, and nothing outside changes (run as
+/// root, where it would matter most).
+#[tokio::test]
+async fn a_hostile_volume_backup_cannot_write_outside_the_target() {
+    let env = VolumeEnv::new().await;
+    let outside = env.ws.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("interpreter"), b"#!/bin/sh\n").unwrap();
+    let o = outside.to_str().unwrap().to_string();
+    let before = snapshot(&outside);
+    let attacks = [
+        (
+            "an entry below a symlink",
+            vec![
+                entry("", "dir", 0o40755, None),
+                entry("a", "symlink", 0o120777, Some(&o)),
+                entry("a/planted", "file", 0o100644, None),
+            ],
+        ),
+        (
+            "a hard link to a symlink",
+            vec![
+                entry("", "dir", 0o40755, None),
+                entry("a", "symlink", 0o120777, Some(&format!("{o}/interpreter"))),
+                entry("y", "hardlink", 0o100644, Some("a")),
+            ],
+        ),
+        (
+            "a setuid file and a symlink of the same name",
+            vec![
+                entry("", "dir", 0o40755, None),
+                entry("l", "file", 0o104755, None),
+                entry("l", "symlink", 0o120777, Some(&format!("{o}/interpreter"))),
+            ],
+        ),
+    ];
+    for (what, entries) in attacks {
+        let id = plant(&env, entries);
+        let target = env.ws.path(&format!("target-{}", id));
+        let (out, stdout, stderr) = env.restore(&id, &target);
+        assert_eq!(out.status.code(), Some(6), "{what}: {stdout}{stderr}");
+        assert_eq!(snapshot(&outside), before, "{what}: outside changed");
+        assert!(
+            !target.exists() || std::fs::read_dir(&target).unwrap().next().is_none(),
+            "{what}: something was restored"
+        );
+    }
+}
+
+/// With --force, a target that already holds a link out of it (planted
+/// by whoever could write there) is not followed: the restore replaces the
+/// link with the directory the backup holds.
+#[tokio::test]
+async fn a_link_already_in_a_forced_target_is_replaced_not_followed() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"restored").unwrap();
+    let id = env.backup(&src, "v")["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let outside = env.ws.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = env.ws.path("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("d")).unwrap();
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["restore", "volume", &id, "--force", "--to"])
+            .arg(&target)
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    crate::tree::assert_same(&src, &target);
+}
+
+/// `--no-setuid` restores a setuid file without the bit, and says so; a
+/// plain restore keeps it.
+#[tokio::test]
+async fn no_setuid_leaves_out_setuid_bits_and_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let id = env.backup(&src, "v")["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let plain = env.ws.path("plain");
+    let (out, _, stderr) = env.restore(&id, &plain);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(mode(&plain.join("tool")), 0o4755);
+    let safe = env.ws.path("safe");
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&[
+            "restore",
+            "volume",
+            &id,
+            "--no-setuid",
+            "-o",
+            "json",
+            "--to",
+        ])
+        .arg(&safe)
+        .arg("--identity")
+        .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(mode(&safe.join("tool")), 0o755);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        summary["dropped"],
+        serde_json::json!(["tool: setuid bit"]),
+        "{summary}"
+    );
+}
