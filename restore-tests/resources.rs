@@ -769,3 +769,63 @@ async fn status_is_restored_only_when_asked() {
     let w = e.get("shop", "widget", "w1");
     assert_eq!(w["status"]["phase"], "Ready", "{w:#}");
 }
+
+/// Production's PersistentVolume, bound to shop/data with reclaim Delete.
+/// A restore under a mapping with `--existing update` (as a drill runs)
+/// must leave it bound to production: the plan skips it, and the copied
+/// claim does not name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_restore_never_takes_production_s_volume() {
+    let e = Env::new().await;
+    let pv = e.c.write(
+        "pv.yaml",
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-prod}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {path: /srv/prod}
+  claimRef: {namespace: shop, name: data}
+"#,
+    );
+    e.c.ok(&["apply", "-f", pv.to_str().unwrap()]);
+    e.c.ok(&[
+        "patch",
+        "-n",
+        "shop",
+        "persistentvolumeclaim",
+        "data",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"volumeName":"pv-prod"}}"#,
+    ]);
+    let b = e.backup(&["--include-namespaces", "shop"]);
+    let id = b["backup_id"].as_str().unwrap();
+    let before = e.c.json(&["get", "persistentvolume", "pv-prod"]);
+
+    let r = e.restore(
+        id,
+        &[
+            "--namespace-mapping",
+            "shop=shop-drill",
+            "--existing",
+            "update",
+        ],
+    );
+    let s = step(&r, "PersistentVolume", "pv-prod");
+    assert_eq!(s["action"], "skip", "{s:#}");
+    let after = e.c.json(&["get", "persistentvolume", "pv-prod"]);
+    assert_eq!(after["spec"]["claimRef"]["namespace"], "shop", "{after:#}");
+    assert_eq!(
+        after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "production's volume was changed"
+    );
+    let claim = e.get("shop-drill", "persistentvolumeclaim", "data");
+    assert!(
+        claim["spec"].get("volumeName").is_none(),
+        "the copy names production's volume: {claim:#}"
+    );
+}

@@ -162,7 +162,16 @@ async fn a_hostile_volume_backup_cannot_write_outside_the_target() {
             vec![
                 entry("", "dir", 0o40755, None),
                 entry("a", "symlink", 0o120777, Some(&o)),
-                entry("a/planted", "file", 0o100644, None),
+                entry("a/planted", "symlink", 0o120777, Some("/anything")),
+            ],
+        ),
+        (
+            "a hard link below a symlink",
+            vec![
+                entry("", "dir", 0o40755, None),
+                entry("f", "file", 0o100644, None),
+                entry("a", "symlink", 0o120777, Some(&o)),
+                entry("a/y", "hardlink", 0o100644, Some("f")),
             ],
         ),
         (

@@ -40,6 +40,11 @@ pub(crate) struct ResourcesArgs {
     /// Restore namespace OLD's objects into NEW: `shop=shop-restored,...`.
     #[arg(long, value_delimiter = ',', value_name = "OLD=NEW,...")]
     namespace_mapping: Vec<String>,
+    /// With --namespace-mapping: bring the backup's PersistentVolumes too,
+    /// and keep claims bound to them by name. Off by default: a copy must
+    /// not take production's disks.
+    #[arg(long, requires = "namespace_mapping")]
+    mapped_volumes: bool,
     /// What to do with objects that already exist: leave them (`skip`),
     /// apply the backup over them (`update`), or delete and create them
     /// (`recreate`; never for Namespaces and CRDs, which are updated).
@@ -223,6 +228,7 @@ fn restore_resources(
         scope: args.scope.scope()?,
         mapping: crate::resources::scope::NamespaceMapping::parse(&args.namespace_mapping)?,
         existing: args.existing,
+        mapped_volumes: args.mapped_volumes,
         keep: Keep {
             status: args.restore_status,
             service_ips: args.preserve_service_ips,

@@ -38,6 +38,10 @@ pub struct Options {
     pub mapping: NamespaceMapping,
     pub existing: Existing,
     pub keep: Keep,
+    /// With a mapping: bring PersistentVolumes too. Off, they are skipped
+    /// and claims lose their `spec.volumeName`, so a copy gets new disks
+    /// instead of production's.
+    pub mapped_volumes: bool,
 }
 
 /// What a restore did (or, dry, would do).
@@ -215,6 +219,14 @@ pub async fn plan(
             .and_then(|r| r.get("uid").and_then(Value::as_str))
             .and_then(|uid| restored.get(uid));
         sanitize::sanitize(&mut v, opts.keep, &opts.mapping);
+        let mapped = !opts.mapping.is_empty();
+        if mapped && !opts.mapped_volumes && o.group.is_empty() && o.kind == "PersistentVolumeClaim"
+        {
+            // The claim would bind production's volume by name.
+            if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("volumeName");
+            }
+        }
         let mut body = v;
         let namespace = o
             .namespace
@@ -228,6 +240,20 @@ pub async fn plan(
                     "owned by {kind} {owner}, which is restored: its controller recreates it"
                 )),
             ),
+            None if mapped
+                && !opts.mapped_volumes
+                && o.group.is_empty()
+                && o.kind == "PersistentVolume" =>
+            {
+                (
+                    Action::Skip,
+                    Some(
+                        "a mapped restore does not bring PersistentVolumes: they are production's \
+                         disks (claims get new ones; --mapped-volumes brings them)"
+                            .into(),
+                    ),
+                )
+            }
             None => (Action::Create, None),
         };
         steps.push(Step {
@@ -337,6 +363,18 @@ pub async fn plan(
             continue;
         }
         let exists = existing.contains(&(key, s.namespace.clone(), s.name.clone()));
+        // A copy under a mapping never changes what production shares with
+        // it: an existing cluster-scoped object (a PersistentVolume, a
+        // ClusterRoleBinding) is left as it is, whatever --existing says.
+        if exists && s.namespace.is_none() && !opts.mapping.is_empty() {
+            s.action = Action::Skip;
+            s.reason = Some(
+                "exists, and is cluster-scoped: a restore under --namespace-mapping never \
+                 changes what the original namespaces may use"
+                    .into(),
+            );
+            continue;
+        }
         let (action, reason) = plan::decide(s, exists, opts.existing);
         s.action = action;
         s.reason = reason;
