@@ -75,6 +75,14 @@ async fn backup_ids_are_validated_before_any_query() {
 /// attacker is a compromised writer, who holds it) and stored as a new
 /// backup of the local repository; returns its id.
 fn plant(env: &VolumeEnv, entries: Vec<drctl::repo::manifest::Entry>) -> String {
+    plant_with(env, entries, vec![])
+}
+
+fn plant_with(
+    env: &VolumeEnv,
+    entries: Vec<drctl::repo::manifest::Entry>,
+    chunks: Vec<drctl::repo::manifest::ChunkLocation>,
+) -> String {
     use drctl::repo::manifest::Manifest;
     let secret = drctl::repo::RepoSecret::from_json(
         &std::fs::read(env.ws.path("repo-secret.json")).unwrap(),
@@ -95,7 +103,7 @@ fn plant(env: &VolumeEnv, entries: Vec<drctl::repo::manifest::Entry>) -> String 
         status: "complete".into(),
         problems: vec![],
         entries,
-        chunks: vec![],
+        chunks,
         etcd: None,
         objects: Vec::new(),
         object_table: None,
@@ -275,4 +283,51 @@ async fn no_setuid_leaves_out_setuid_bits_and_says_so() {
         serde_json::json!(["tool: setuid bit"]),
         "{summary}"
     );
+}
+
+/// `verify --read-data` reads every chunk where the manifests say it is, so
+/// a manifest that places a chunk where its pack holds none is reported,
+/// even though the pack agrees with its own index.
+#[tokio::test]
+async fn verify_reads_chunks_where_the_manifests_place_them() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(3, 100_000)).unwrap();
+    env.backup(&src, "v");
+    let pack = std::fs::read_dir(env.repo().join("packs"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .next()
+        .unwrap();
+    let pack = pack
+        .strip_prefix(env.repo())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut file = entry("f", "file", 0o100644, None);
+    file.size = 10;
+    file.extents = vec![drctl::repo::manifest::Extent {
+        offset: 0,
+        length: 10,
+        chunks: vec![0],
+    }];
+    let chunk: drctl::repo::manifest::ChunkLocation = serde_json::from_value(serde_json::json!({
+        "id": "ab".repeat(32), "pack": pack, "offset": 0, "length": 10, "raw_length": 10,
+    }))
+    .unwrap();
+    let id = plant_with(
+        &env,
+        vec![entry("", "dir", 0o40755, None), file],
+        vec![chunk],
+    );
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["verify", &id, "--read-data", "-o", "json"])
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(stdout.contains("does not hold chunk"), "{stdout}");
 }
