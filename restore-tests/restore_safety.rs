@@ -331,3 +331,54 @@ async fn verify_reads_chunks_where_the_manifests_place_them() {
     assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
     assert!(stdout.contains("does not hold chunk"), "{stdout}");
 }
+
+/// A restore that stops midway leaves a marker in its target, so its files
+/// (created at full size before their data) are never taken for a good
+/// restore; running it again needs --force, which starts clean, and a
+/// finished restore leaves no marker.
+#[tokio::test]
+async fn an_interrupted_restore_is_marked_and_restarts_clean() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), crate::tree::noise(5, 1 << 20)).unwrap();
+    let id = env.backup(&src, "v")["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let packs: Vec<_> = std::fs::read_dir(env.repo().join("packs"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    let moved: Vec<_> = packs
+        .iter()
+        .map(|p| {
+            let to = p.with_extension("away");
+            std::fs::rename(p, &to).unwrap();
+            (p.clone(), to)
+        })
+        .collect();
+    let target = env.ws.path("target");
+    let (out, _, stderr) = env.restore(&id, &target);
+    assert!(!out.status.success(), "{stderr}");
+    let marker = std::fs::read_to_string(target.join(".drctl-restore-incomplete")).unwrap();
+    assert!(marker.contains(&id), "{marker}");
+    std::fs::write(target.join("stray"), b"left by someone").unwrap();
+
+    let (out, _, stderr) = env.restore(&id, &target);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("did not finish"), "{stderr}");
+
+    for (p, to) in moved {
+        std::fs::rename(to, p).unwrap();
+    }
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["restore", "volume", &id, "--force", "--to"])
+            .arg(&target)
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    crate::tree::assert_same(&src, &target);
+}

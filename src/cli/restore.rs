@@ -182,8 +182,9 @@ impl RestoreCommand {
                 bar.finish_and_clear();
                 let summary = result.map_err(|e| {
                     let hint = format!(
-                        "nothing was marked done: the target may hold a partial restore; \
-                         fix the cause and run the restore again with --force{}",
+                        "the target holds a partial restore, marked as such ({}); fix the cause \
+                         and run the restore again with --force, which starts clean{}",
+                        crate::restore::volume::MARKER,
                         e.guidance().map(|g| format!(" ({g})")).unwrap_or_default()
                     );
                     let kind = e.kind();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -69,10 +69,25 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(e, ErrorKind::Failed, what)
 }
 
+/// The file a directory restore leaves in its target until it has
+/// finished: files are created at full size before their data is written,
+/// so without it a killed restore would look complete.
+pub const MARKER: &str = ".drctl-restore-incomplete";
+
 /// Checks the target before anything is written.
 pub fn check_target(target: &Target) -> Result<()> {
     match target {
         Target::Dir { path, force } => {
+            if !force && let Ok(said) = fs::read_to_string(path.join(MARKER)) {
+                return Err(Error::config(format!(
+                    "an earlier restore into {} did not finish: {}",
+                    path.display(),
+                    said.lines().next().unwrap_or("").trim()
+                ))
+                .with_guidance(
+                    "its files may be incomplete; run the restore again with --force to start clean",
+                ));
+            }
             if let Ok(mut rd) = fs::read_dir(path)
                 && rd.next().is_some()
                 && !force
@@ -210,6 +225,45 @@ pub fn restore(
     let _ = fs::remove_file(&probe);
     let beneath = Beneath::open(&root).map_err(io(format!("cannot open {}", root.display())))?;
     let b = &beneath;
+    // The marker goes first and is removed last. A forced restore over an
+    // interrupted one starts clean: the target is drctl's own.
+    let marker = Path::new(MARKER);
+    let own_marker = !manifest.entries.iter().any(|e| e.path == MARKER);
+    if own_marker {
+        if b.kind(marker).ok().flatten().is_some() {
+            let names: Vec<_> = fs::read_dir(&root)
+                .map_err(io(format!("cannot list {}", root.display())))?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|n| n != MARKER)
+                .collect();
+            for n in names {
+                b.remove(Path::new(&n)).map_err(io(format!(
+                    "cannot clear the interrupted restore in {}",
+                    root.display()
+                )))?;
+            }
+            b.remove(marker).map_err(io(format!(
+                "cannot clear the interrupted restore in {}",
+                root.display()
+            )))?;
+        }
+        use std::io::Write;
+        let mut f = b
+            .open_at(
+                marker,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                0o600,
+            )
+            .map_err(io(format!("cannot mark the restore in {}", root.display())))?;
+        writeln!(
+            f,
+            "restore of backup {} started at {} and has not finished; the files here may be incomplete",
+            manifest.backup_id,
+            chrono::Utc::now().to_rfc3339()
+        )
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("cannot mark the restore in {}", root.display())))?;
+    }
     let at = |e: &Entry| -> Result<PathBuf> {
         if e.path.is_empty() {
             Ok(PathBuf::new())
@@ -319,6 +373,10 @@ pub fn restore(
         } else {
             OFlags::empty()
         };
+        if e.path.is_empty() && own_marker {
+            // Last of all, before the target's own times are set.
+            b.remove(marker).map_err(fail("finish the restore in", e))?;
+        }
         let f = b
             .open_at(&p, OFlags::RDONLY | OFlags::NOFOLLOW | dir, 0)
             .map_err(fail("open", e))?;
@@ -359,6 +417,13 @@ pub fn restore(
                 }
             }
         }
+    }
+    if own_marker {
+        // A manifest without a root entry: nothing removed it above.
+        b.remove(marker).map_err(io(format!(
+            "cannot finish the restore in {}",
+            root.display()
+        )))?;
     }
     Ok(summary)
 }
