@@ -829,3 +829,24 @@ spec:
         "the copy names production's volume: {claim:#}"
     );
 }
+
+/// A mapping whose target is another namespace the restore brings as it
+/// is would pour two namespaces into one: refused before anything is
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_onto_a_restored_namespace_is_refused() {
+    let e = Env::new().await;
+    let other = e.c.write("web.yaml", &app("web"));
+    e.c.ok(&["apply", "-f", other.to_str().unwrap()]);
+    let b = e.backup(&["--include-namespaces", "shop,web"]);
+    let id = b["backup_id"].as_str().unwrap();
+    let before = e.get("web", "configmap", "settings");
+    let (code, out, err) = e.restore_text(id, &["--namespace-mapping", "shop=web"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("also brings unmapped"), "{err}");
+    let after = e.get("web", "configmap", "settings");
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+}

@@ -417,6 +417,16 @@ impl NamespaceMapping {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// A target that is also a source namespace left where it is: the two
+    /// namespaces' objects would land in one and overwrite each other.
+    pub fn collides_with<'a>(&self, sources: impl IntoIterator<Item = &'a str>) -> Option<&str> {
+        let sources: HashSet<&str> = sources.into_iter().collect();
+        self.0
+            .values()
+            .find(|to| sources.contains(to.as_str()) && !self.0.contains_key(to.as_str()))
+            .map(String::as_str)
+    }
 }
 
 #[cfg(test)]

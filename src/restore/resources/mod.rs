@@ -153,6 +153,57 @@ fn meta_str<'a>(o: &'a Value, field: &str) -> Option<&'a str> {
     o.get("metadata")?.get(field)?.as_str()
 }
 
+/// The name an object is restored under: the one the backup lists it by
+/// (mapped, for a Namespace), which its body must agree with. The name goes
+/// into the URL of every request and onto the plan a person reads, so one
+/// that could change the path (`/`, `..`, `%2F`) or differ from what the
+/// plan shows is refused as a damaged or forged backup.
+fn checked_name(o: &KubeObject, body: &Value, mapping: &NamespaceMapping) -> Result<String> {
+    let listed = if o.group.is_empty() && o.kind == "Namespace" {
+        mapping.map(&o.name)
+    } else {
+        &o.name
+    };
+    match meta_str(body, "name") {
+        Some(n) if n == listed => {}
+        other => {
+            return Err(forged(
+                o,
+                format!("its body names it `{}`", other.unwrap_or("(nothing)")),
+            ));
+        }
+    }
+    if !is_path_segment(listed) {
+        return Err(forged(o, "its name is not a valid Kubernetes name".into()));
+    }
+    Ok(listed.to_string())
+}
+
+/// A name Kubernetes could have given: one path segment, printable, no
+/// escapes.
+fn is_path_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '@' | '+'))
+}
+
+fn forged(o: &KubeObject, why: String) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!(
+            "object {} {} of the backup cannot be restored: {why}",
+            o.kind,
+            o.namespace
+                .as_deref()
+                .map_or(o.name.clone(), |ns| format!("{ns}/{}", o.name))
+        ),
+    )
+    .with_guidance("the backup is damaged or was written to mislead; nothing was applied")
+}
+
 /// Chooses the objects (labels, what `auto` brings along, owned objects),
 /// sanitises and maps them, and decides what each gets on `cluster`.
 pub async fn plan(
@@ -192,6 +243,17 @@ pub async fn plan(
         }
     }
 
+    let sources = chosen
+        .iter()
+        .filter_map(|(i, _)| manifest.objects[*i].namespace.as_deref());
+    if let Some(ns) = opts.mapping.collides_with(sources) {
+        return Err(Error::config(format!(
+            "--namespace-mapping maps a namespace to `{ns}`, which the restore also brings unmapped"
+        ))
+        .with_guidance(format!(
+            "the two namespaces' objects would overwrite each other in `{ns}`: map `{ns}` too, or choose another target"
+        )));
+    }
     // Objects whose controller is restored too are left to it: the
     // Deployment makes its ReplicaSets, which make the Pods.
     let restored: HashMap<String, (&str, &str)> = chosen
@@ -232,7 +294,15 @@ pub async fn plan(
             .namespace
             .as_deref()
             .map(|ns| opts.mapping.map(ns).to_string());
-        let name = meta_str(&body, "name").unwrap_or(&o.name).to_string();
+        let name = checked_name(o, &body, &opts.mapping)?;
+        if let Some(ns) = &namespace
+            && !is_path_segment(ns)
+        {
+            return Err(forged(
+                o,
+                format!("its namespace `{ns}` is not a valid name"),
+            ));
+        }
         let (action, reason) = match controller {
             Some((kind, owner)) => (
                 Action::Skip,
@@ -678,4 +748,51 @@ pub async fn restore(
         steps,
         seconds,
     })
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    fn object(kind: &str, name: &str) -> KubeObject {
+        KubeObject {
+            group: String::new(),
+            version: "v1".into(),
+            kind: kind.into(),
+            resource: "configmaps".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+            chunk: 0,
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn a_name_that_differs_from_the_listing_or_leaves_its_path_is_refused() {
+        let none = NamespaceMapping::parse(&[]).unwrap();
+        let body = |n: &str| json!({"metadata": {"name": n}});
+        let ok = checked_name(&object("ConfigMap", "settings"), &body("settings"), &none);
+        assert_eq!(ok.unwrap(), "settings");
+        for (listed, inside) in [
+            ("settings", "other"),
+            (
+                "../../namespaces/kube-system/secrets/x",
+                "../../namespaces/kube-system/secrets/x",
+            ),
+            ("a%2Fb", "a%2Fb"),
+            ("..", ".."),
+        ] {
+            let err = checked_name(&object("ConfigMap", listed), &body(inside), &none).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{listed}");
+        }
+        let mapping = NamespaceMapping::parse(&["shop=shop-copy".into()]).unwrap();
+        let ns = KubeObject {
+            namespace: None,
+            ..object("Namespace", "shop")
+        };
+        assert_eq!(
+            checked_name(&ns, &body("shop-copy"), &mapping).unwrap(),
+            "shop-copy"
+        );
+    }
 }

@@ -109,6 +109,52 @@ pub fn sanitize(o: &mut Value, keep: Keep, mapping: &NamespaceMapping) {
                 }
             }
         }
+        (
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration",
+        ) => {
+            // A copy's webhooks call the copy's services.
+            for w in o
+                .get_mut("webhooks")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(Value::String(ns)) = w.pointer_mut("/clientConfig/service/namespace") {
+                    *ns = mapping.map(ns).to_string();
+                }
+            }
+        }
+        ("apiregistration.k8s.io", "APIService") => {
+            if let Some(Value::String(ns)) = o.pointer_mut("/spec/service/namespace") {
+                *ns = mapping.map(ns).to_string();
+            }
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            // Peers chosen by namespace name (the label every namespace
+            // carries) follow the mapping.
+            for rules in ["ingress", "egress"] {
+                for rule in o
+                    .pointer_mut(&format!("/spec/{rules}"))
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    for peer in rule
+                        .get_mut(if rules == "ingress" { "from" } else { "to" })
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(Value::String(ns)) = peer.pointer_mut(
+                            "/namespaceSelector/matchLabels/kubernetes.io~1metadata.name",
+                        ) {
+                            *ns = mapping.map(ns).to_string();
+                        }
+                    }
+                }
+            }
+        }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             for s in o
                 .get_mut("subjects")
@@ -128,6 +174,36 @@ pub fn sanitize(o: &mut Value, keep: Keep, mapping: &NamespaceMapping) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mappings_reach_webhooks_api_services_and_network_policies() {
+        let m = NamespaceMapping::parse(&["shop=shop-copy".into()]).unwrap();
+        let mut hook = json!({"apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "h"},
+            "webhooks": [{"name": "w", "clientConfig": {"service": {"namespace": "shop", "name": "hook"}}}]});
+        sanitize(&mut hook, Keep::default(), &m);
+        assert_eq!(
+            hook["webhooks"][0]["clientConfig"]["service"]["namespace"],
+            "shop-copy"
+        );
+        let mut api = json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "v1.x"}, "spec": {"service": {"namespace": "shop", "name": "api"}}});
+        sanitize(&mut api, Keep::default(), &m);
+        assert_eq!(api["spec"]["service"]["namespace"], "shop-copy");
+        let mut np = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}}]}],
+                     "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "other"}}}]}]}});
+        sanitize(&mut np, Keep::default(), &m);
+        assert_eq!(
+            np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "shop-copy"
+        );
+        assert_eq!(
+            np["spec"]["egress"][0]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "other"
+        );
+    }
     use serde_json::json;
 
     fn mapping(s: &str) -> NamespaceMapping {
