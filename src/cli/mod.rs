@@ -259,19 +259,31 @@ fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Re
     )
 }
 
-/// Logs go to stderr: human-readable on a terminal, JSON lines otherwise (for
-/// log collectors). stdout is reserved for command output.
-fn init_logging(verbose: u8) {
-    use std::io::IsTerminal;
+/// The log filter: `DRCTL_LOG` when set, else by `-v`. Whatever either
+/// says, the Kubernetes client logs at info at most: at debug it logs
+/// refusals in full, and a refusal about a Secret may quote its data.
+fn log_filter(verbose: u8, env: Option<&str>) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
         1 => "info",
-        // kube's client logs refusals in full at debug, and a refusal
-        // about a Secret may quote its data.
-        _ => "debug,kube_client=info",
+        _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = env
+        .and_then(|e| EnvFilter::try_new(e).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    ["kube_client=info", "kube=info"]
+        .into_iter()
+        .fold(filter, |f, d| {
+            f.add_directive(d.parse().expect("a valid directive"))
+        })
+}
+
+/// Logs go to stderr: human-readable on a terminal, JSON lines otherwise (for
+/// log collectors). stdout is reserved for command output.
+fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
+    let filter = log_filter(verbose, std::env::var("DRCTL_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -279,5 +291,45 @@ fn init_logging(verbose: u8) {
         builder.with_target(false).init();
     } else {
         builder.json().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Even `DRCTL_LOG=trace` (or a directive naming the client) leaves
+    /// the Kubernetes client's debug output, which may quote Secrets, off.
+    #[test]
+    fn no_filter_lets_the_kubernetes_client_log_refusals() {
+        use std::sync::{Arc, Mutex};
+        for env in [Some("trace"), Some("debug,kube_client=trace"), None] {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = {
+                let buf = buf.clone();
+                move || SharedBuf(buf.clone())
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(super::log_filter(2, env))
+                .with_writer(writer)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!(target: "kube_client::client", "refused: PLANTED-SECRET");
+                tracing::debug!(target: "drctl::restore", "a drctl debug line");
+            });
+            let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+            assert!(!out.contains("PLANTED-SECRET"), "{env:?}: {out}");
+            assert!(out.contains("a drctl debug line"), "{env:?}: {out}");
+        }
+    }
+
+    struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
