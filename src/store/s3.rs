@@ -5,8 +5,11 @@
 //! credentials drctl runs with nor anyone who steals them can delete or
 //! alter it before that date. The bucket must have versioning (Object Lock
 //! needs it), so a writer can still add a *new version* under an existing
-//! key; reads therefore check every object against its hash, and a pack whose
-//! newest version does not match is read from the version that does.
+//! key, or a delete marker over it. Reads therefore go through the version
+//! list and take each key's original ([`super::original`]); `list` comes
+//! from the version list too, so a delete marker hides nothing. A put that
+//! finds its key taken (412, usually its own retry) compares the original
+//! with what it meant to write.
 //!
 //! Retries are the AWS SDK's standard mode (exponential backoff with full
 //! jitter on throttling, 5xx, timeouts and connection errors), with more
