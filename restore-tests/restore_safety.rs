@@ -382,3 +382,103 @@ async fn an_interrupted_restore_is_marked_and_restarts_clean() {
     assert!(out.status.success(), "{stdout}{stderr}");
     crate::tree::assert_same(&src, &target);
 }
+
+/// Secrets planted everywhere drctl could leak them from (the catalog
+/// URL's password, the S3 secret key, the repository secret's keys, the age
+/// identity) appear in no output: not in config errors, not in logs at
+/// trace level, not in any `-o json` answer, over a backup, a restore, the
+/// verifications, gc and the informational commands.
+#[tokio::test]
+async fn no_secret_reaches_any_output() {
+    const PG_PASSWORD: &str = "PLANTED-pg-password-7f3a";
+    const AWS_SECRET: &str = "PLANTED-aws-secret-9c1d";
+    let bucket = harness::locked_bucket().await;
+    let env = VolumeEnv::s3(&crate::harness::services().s3_endpoint, &bucket.name, 1).await;
+    let yaml = std::fs::read_to_string(&env.config).unwrap();
+    let url = url::Url::parse(&env.db.url).unwrap();
+    let mut with_password = url.clone();
+    with_password.set_password(Some(PG_PASSWORD)).unwrap();
+    std::fs::write(
+        &env.config,
+        yaml.replace(url.as_str(), with_password.as_str()),
+    )
+    .unwrap();
+    let secret: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.ws.path("repo-secret.json")).unwrap()).unwrap();
+    let identity = std::fs::read_to_string(&env.identity).unwrap();
+    let age_key = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    let planted = [
+        PG_PASSWORD.to_string(),
+        AWS_SECRET.to_string(),
+        secret["chunk_id_key"].as_str().unwrap().to_string(),
+        secret["manifest_mac_key"].as_str().unwrap().to_string(),
+        age_key.clone(),
+        age_key.to_lowercase(),
+    ];
+    let planted: Vec<&str> = planted.iter().map(String::as_str).collect();
+
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let traced = |args: &[&str], identity: bool| {
+        let mut cmd = env.cmd(args);
+        cmd.args(["-o", "json"])
+            .env("DRCTL_LOG", "trace")
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET);
+        if identity {
+            cmd.arg("--identity").arg(&env.identity);
+        }
+        let (out, stdout, stderr) = harness::run(&mut cmd);
+        harness::assert_no_secret(&format!("{stdout}\n{stderr}"), &planted);
+        (out, stdout, stderr)
+    };
+    let (out, stdout, stderr) = traced(
+        &["backup", "volume", "--path", src.to_str().unwrap()],
+        false,
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.lines().count() > 20, "trace logs were written: {stderr}");
+    let id = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to = env.ws.path("restored");
+    for (args, identity) in [
+        (vec!["config", "check"], false),
+        (vec!["repo", "info"], false),
+        (vec!["backup", "list"], false),
+        (vec!["backup", "describe", &id], false),
+        (
+            vec!["restore", "volume", &id, "--to", to.to_str().unwrap()],
+            true,
+        ),
+        (vec!["verify", "--read-data"], true),
+        (vec!["verify", "--storage"], false),
+        (vec!["gc"], false),
+        (vec!["catalog", "status"], false),
+    ] {
+        let (out, stdout, stderr) = traced(&args, identity);
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    }
+
+    // A configuration error that would quote the URL.
+    let broken = env.ws.write(
+        "broken.yaml",
+        &std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("catalog:\n  url: ", "catalog: "),
+    );
+    let (out, stdout, stderr) = harness::run(
+        harness::drctl()
+            .arg("--config")
+            .arg(&broken)
+            .args(["-o", "json", "config", "check"])
+            .env("DRCTL_LOG", "trace"),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    harness::assert_no_secret(&format!("{stdout}\n{stderr}"), &planted);
+}
