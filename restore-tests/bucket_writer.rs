@@ -243,6 +243,13 @@ async fn delete_markers_hide_nothing_from_restore_and_are_reported() {
         delete_marker(&bucket, key).await;
     }
     env.restore_equals(&serde_json::json!({ "backup_id": id }), &src);
+    // The structural verify finds every pack too.
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["verify", "-o", "json"])
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
     let findings = scrub_findings(&env);
     for key in hidden {
         assert!(

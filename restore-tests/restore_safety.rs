@@ -441,7 +441,10 @@ async fn no_secret_reaches_any_output() {
         false,
     );
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stderr.lines().count() > 20, "trace logs were written: {stderr}");
+    assert!(
+        stderr.lines().count() > 20,
+        "trace logs were written: {stderr}"
+    );
     let id = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["backup_id"]
         .as_str()
         .unwrap()

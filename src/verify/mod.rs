@@ -154,7 +154,8 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
             let outcome = if read {
                 read_pack(repo, identity, pack, wanted.get(pack))
             } else {
-                match repo.store.head(pack) {
+                // Its original, which a delete marker does not hide.
+                match crate::store::original(&*repo.store, pack) {
                     Ok(Some(_)) => Ok((0, 0)),
                     Ok(None) => Err(format!("pack {pack} is missing")),
                     Err(e) => Err(e.report().trim_end().to_string()),
