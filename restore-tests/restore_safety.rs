@@ -485,3 +485,55 @@ async fn no_secret_reaches_any_output() {
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     harness::assert_no_secret(&format!("{stdout}\n{stderr}"), &planted);
 }
+
+/// gc holds back what a running backup may need for as long as that backup
+/// is alive (its heartbeat is fresh), not for a fixed day after its start:
+/// a backup running for three days still protects what it may dedup
+/// against; once its heartbeat stops, collection goes on.
+#[tokio::test]
+async fn gc_protects_a_long_running_backup_while_its_heartbeat_lives() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(9, 100_000)).unwrap();
+    let old = env.backup(&src, "old")["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["backup", "delete", &old]);
+    // A backup that started three days ago and is still alive.
+    let repo: uuid::Uuid = sqlx::query_scalar("SELECT id FROM repositories LIMIT 1")
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    let long = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO backups (id, repository_id, kind, name, started_at, heartbeat_at) \
+         VALUES ($1, $2, 'volume', 'long', now() - interval '3 days', now())",
+    )
+    .bind(long)
+    .bind(repo)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    let packs = || {
+        std::fs::read_dir(env.repo().join("packs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = packs();
+    assert!(before > 0);
+    let held = env.json(&["gc", "--grace", "0s"]);
+    assert!(held["waiting"].as_u64().unwrap() > 0, "{held}");
+    assert!(held["deleted"].as_array().unwrap().is_empty(), "{held}");
+    assert_eq!(packs(), before);
+
+    // Its process died: no heartbeat for ten minutes.
+    sqlx::query("UPDATE backups SET heartbeat_at = now() - interval '10 minutes' WHERE id = $1")
+        .bind(long)
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let swept = env.json(&["gc", "--grace", "0s"]);
+    assert!(!swept["deleted"].as_array().unwrap().is_empty(), "{swept}");
+}

@@ -70,7 +70,8 @@ impl Catalog {
         parent: Option<Uuid>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO backups (id, repository_id, kind, name, parent_id) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO backups (id, repository_id, kind, name, parent_id, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, now())",
         )
         .bind(id)
         .bind(repo)
@@ -80,6 +81,25 @@ impl Catalog {
         .execute(self.pool())
         .await
         .map_err(query_error)?;
+        // The heartbeat: while the row is `running` and this process lives.
+        // It ends by itself when the backup is marked done or failed.
+        let pool = self.pool().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(super::gc::HEARTBEAT).await;
+                let beat = sqlx::query(
+                    "UPDATE backups SET heartbeat_at = now() WHERE id = $1 AND status = 'running'",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await;
+                match beat {
+                    Ok(r) if r.rows_affected() == 0 => break,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(backup = %id, error = %e, "heartbeat not recorded"),
+                }
+            }
+        });
         Ok(())
     }
 

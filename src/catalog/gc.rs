@@ -12,12 +12,15 @@ use uuid::Uuid;
 use super::{BackupRow, Catalog, query_error};
 use crate::error::{Error, ErrorKind, Result};
 
-/// How long a `running` backup counts as alive: one that has run longer was
-/// killed (a crash leaves it `running`) and must not block collection
-/// forever.
-macro_rules! running_at_most {
+/// How often a running backup records that it is alive.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A `running` backup counts as alive while its heartbeat is younger than
+/// this (ten beats): one whose process died (a crash leaves it `running`)
+/// stops blocking collection; one that runs for days stays protected.
+macro_rules! alive_within {
     () => {
-        "1 day"
+        "5 minutes"
     };
 }
 
@@ -170,8 +173,8 @@ impl Catalog {
              WHERE c.repository_id = $1 AND c.marked_at <= now() - $2 \
                AND NOT EXISTS (SELECT 1 FROM backups r WHERE r.repository_id = c.repository_id \
                  AND r.status = 'running' AND r.started_at <= c.marked_at \
-                 AND r.started_at > now() - interval '",
-            running_at_most!(),
+                 AND COALESCE(r.heartbeat_at, r.started_at) > now() - interval '",
+            alive_within!(),
             "') ORDER BY c.key"
         ))
         .bind(repo)
@@ -258,8 +261,8 @@ impl Catalog {
                 .map_err(query_error)?;
         let running: Vec<DateTime<Utc>> = sqlx::query_scalar(concat!(
             "SELECT started_at FROM backups WHERE repository_id = $1 AND status = 'running' \
-               AND started_at > now() - interval '",
-            running_at_most!(),
+               AND COALESCE(heartbeat_at, started_at) > now() - interval '",
+            alive_within!(),
             "'"
         ))
         .bind(repo)
