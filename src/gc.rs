@@ -96,11 +96,7 @@ pub async fn gc(
             continue;
         }
         let (s, key, version) = (store.clone(), obj.key.clone(), obj.version_id.clone());
-        let head = blocking(move || match &version {
-            Some(v) => s.head_version(&key, v),
-            None => s.head(&key),
-        })
-        .await?;
+        let head = blocking(move || s.head_version(&key, version.as_deref())).await?;
         if let Some(until) = head
             .as_ref()
             .and_then(|h| h.retain_until)
@@ -215,10 +211,7 @@ async fn sweep_orphans(
         let locked = blocking(move || -> Result<Option<DateTime<Utc>>> {
             let mut latest = None;
             for v in s.versions(&key)?.iter().filter(|v| !v.delete_marker) {
-                let head = match &v.meta.version_id {
-                    Some(id) => s.head_version(&key, id)?,
-                    None => s.head(&key)?,
-                };
+                let head = s.head_version(&key, v.meta.version_id.as_deref())?;
                 latest = latest.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
             }
             Ok(latest)

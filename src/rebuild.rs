@@ -135,10 +135,7 @@ pub async fn rebuild(
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let meta = match &read.meta.version_id {
-                Some(v) => store.head_version(key, v)?,
-                None => store.head(key)?,
-            };
+            let meta = store.head_version(key, read.meta.version_id.as_deref())?;
             Ok(meta.map(|meta| (meta, sha256(&read.bytes))))
         })
         .await?;
@@ -312,16 +309,14 @@ fn read_pack(store: &dyn Store, identity: &Identity, key: &str, limit: u64) -> R
     let mut open = OpenPack::fetch(store, key, identity, limit)?;
     let index = std::mem::take(&mut open.index.chunks);
     // The lock of the version read, for the catalog.
-    let meta = match &open.meta.version_id {
-        Some(v) => store.head_version(key, v)?,
-        None => store.head(key)?,
-    }
-    .ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            format!("pack {key} vanished while the catalog was rebuilt"),
-        )
-    })?;
+    let meta = store
+        .head_version(key, open.meta.version_id.as_deref())?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("pack {key} vanished while the catalog was rebuilt"),
+            )
+        })?;
     let warning = (open.others > 0).then(|| {
         format!(
             "pack {key} has {} other version(s) or delete marker(s); the original version {} is recorded",
@@ -380,16 +375,15 @@ async fn rebuild_backups(
                 let read = crate::repo::manifest::read_sealed(&*repo.store, id)?;
                 let (sealed, version) = (read.bytes, read.meta.version_id);
                 // The lock of the version read, for the catalog.
-                let meta = match &version {
-                    Some(v) => repo.store.head_version(&key, v)?,
-                    None => repo.store.head(&key)?,
-                }
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::NotFound,
-                        format!("{key} vanished while the catalog was rebuilt"),
-                    )
-                })?;
+                let meta = repo
+                    .store
+                    .head_version(&key, version.as_deref())?
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NotFound,
+                            format!("{key} vanished while the catalog was rebuilt"),
+                        )
+                    })?;
                 let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
                 crate::repo::object_table::expand(&repo, &mut manifest)?;
                 Ok((meta, sha256(&sealed), manifest))

@@ -277,10 +277,7 @@ async fn extend_locks(
             };
             let version = read.meta.version_id.clone();
             let end = store.extend_retention(key, version.as_deref(), until)?;
-            let head = match &version {
-                Some(v) => store.head_version(key, v)?,
-                None => store.head(key)?,
-            };
+            let head = store.head_version(key, version.as_deref())?;
             Ok(head.map(|h| (h, end, crate::store::sha256(&read.bytes))))
         })
         .await

@@ -71,9 +71,9 @@ pub trait Store: Send + Sync {
     /// Deletes an object, or one version of it (garbage collection only; a
     /// locked object refuses).
     fn delete(&self, key: &str, version: Option<&str>) -> Result<()>;
-    /// Metadata of one version of an object (on a versioned store; others
-    /// have one), `None` when absent.
-    fn head_version(&self, key: &str, version: &str) -> Result<Option<ObjectMeta>> {
+    /// Metadata of one version of an object (the object itself when
+    /// `None`; a store without versions has one), `None` when absent.
+    fn head_version(&self, key: &str, version: Option<&str>) -> Result<Option<ObjectMeta>> {
         let _ = version;
         self.head(key)
     }

@@ -681,8 +681,8 @@ impl Store for S3Store {
         self.head_object(key, None)
     }
 
-    fn head_version(&self, key: &str, version: &str) -> Result<Option<ObjectMeta>> {
-        self.head_object(key, Some(version))
+    fn head_version(&self, key: &str, version: Option<&str>) -> Result<Option<ObjectMeta>> {
+        self.head_object(key, version)
     }
 
     /// Keys with at least one version, each described by its original

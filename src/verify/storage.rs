@@ -121,10 +121,7 @@ pub fn verify_storage(
                 );
             }
         }
-        let meta = match &o.version_id {
-            Some(v) => store.head_version(&o.key, v)?,
-            None => store.head(&o.key)?,
-        };
+        let meta = store.head_version(&o.key, o.version_id.as_deref())?;
         let Some(meta) = meta else {
             problem(
                 "missing",
