@@ -130,10 +130,8 @@ pub async fn rebuild(
         let store = repo.store.clone();
         let found = blocking(move || -> Result<Option<(ObjectMeta, [u8; 32])>> {
             // The originals, which opening the repository checked.
-            let read = match crate::store::read_original(&*store, key, key, 64 << 10) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(read) = crate::repo::read_root_object(&*store, key)? else {
+                return Ok(None);
             };
             let meta = store.head_version(key, read.meta.version_id.as_deref())?;
             Ok(meta.map(|meta| (meta, sha256(&read.bytes))))

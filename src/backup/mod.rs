@@ -270,10 +270,8 @@ async fn extend_locks(
     for key in [crate::repo::CONFIG_KEY, crate::repo::SECRET_KEY] {
         let store = repo.store.clone();
         let recorded = tokio::task::spawn_blocking(move || -> Result<_> {
-            let read = match crate::store::read_original(&*store, key, key, 64 << 10) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(read) = crate::repo::read_root_object(&*store, key)? else {
+                return Ok(None);
             };
             let version = read.meta.version_id.clone();
             let end = store.extend_retention(key, version.as_deref(), until)?;

@@ -327,6 +327,23 @@ pub fn read_config(store: &dyn Store) -> Result<(RepoConfig, [u8; 32])> {
     Ok((config, sha256(&bytes)))
 }
 
+/// The original of `config` or `keys/repository` as stored, within its
+/// format limit; `None` when the repository has none. For what records and
+/// locks these objects (a backup, `catalog rebuild`); opening the
+/// repository is what checks them.
+pub fn read_root_object(store: &dyn Store, key: &str) -> Result<Option<crate::store::Original>> {
+    let limit = if key == CONFIG_KEY {
+        MAX_CONFIG_BYTES
+    } else {
+        MAX_SECRET_BYTES
+    };
+    match crate::store::read_original(store, key, key, limit) {
+        Ok(read) => Ok(Some(read)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Decrypts the original `keys/repository`.
 fn read_secret(store: &dyn Store, identity: &Identity) -> Result<RepoSecret> {
     let sealed =
