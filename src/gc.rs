@@ -113,15 +113,9 @@ pub async fn gc(
             continue;
         }
         let (s, key) = (store.clone(), obj.key.clone());
-        let deleted = blocking(move || -> Result<()> {
+        let deleted = blocking(move || {
             let versions = s.versions(&key)?;
-            if versions.is_empty() {
-                return s.delete(&key, None);
-            }
-            for v in versions {
-                s.delete(&key, v.meta.version_id.as_deref())?;
-            }
-            Ok(())
+            delete_versions(&*s, &key, &versions)
         })
         .await;
         match deleted {
@@ -186,63 +180,86 @@ async fn sweep_orphans(
     }
     let s = store.clone();
     let packs = blocking(move || s.list("packs/")).await?;
-    let cutoff = Utc::now() - grace;
+    // Old enough: written before the grace period and before every backup
+    // still running started (one that started earlier may be about to
+    // record it).
+    let cutoff = known
+        .running_since
+        .iter()
+        .fold(Utc::now() - grace, |c, started| c.min(*started));
     for pack in packs {
         if known.packs.contains(&pack.key) {
             continue;
         }
         let (s, key) = (store.clone(), pack.key.clone());
-        let versions = blocking(move || s.versions(&key)).await?;
-        let Some(written) = versions
-            .iter()
-            .find(|v| !v.delete_marker)
-            .and_then(|v| v.modified)
-        else {
-            continue;
-        };
-        // A backup that started before the pack was written may be about
-        // to record it.
-        if written >= cutoff || known.running_since.iter().any(|s| *s <= written) {
-            report.waiting += 1;
-            continue;
-        }
-        let (s, key) = (store.clone(), pack.key.clone());
-        let now = Utc::now();
-        let locked = blocking(move || -> Result<Option<DateTime<Utc>>> {
-            let mut latest = None;
-            for v in s.versions(&key)?.iter().filter(|v| !v.delete_marker) {
-                let head = s.head_version(&key, v.meta.version_id.as_deref())?;
-                latest = latest.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
+        // One listing of the pack's versions serves the age, the locks and
+        // the deletion.
+        let outcome = blocking(move || -> Result<Orphan> {
+            let versions = s.versions(&key)?;
+            let written = versions
+                .iter()
+                .find(|v| !v.delete_marker)
+                .and_then(|v| v.modified);
+            match written {
+                None => return Ok(Orphan::Unknown),
+                Some(w) if w >= cutoff => return Ok(Orphan::Young),
+                Some(_) => {}
             }
-            Ok(latest)
+            let now = Utc::now();
+            let mut locked = None;
+            for v in versions.iter().filter(|v| !v.delete_marker) {
+                let head = s.head_version(&key, v.meta.version_id.as_deref())?;
+                locked = locked.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
+            }
+            if let Some(until) = locked {
+                return Ok(Orphan::Locked(until));
+            }
+            Ok(match delete_versions(&*s, &key, &versions) {
+                Ok(()) => Orphan::Deleted,
+                Err(e) => Orphan::Failed(e.report()),
+            })
         })
         .await?;
-        if let Some(until) = locked {
-            report.locked.push(Locked {
+        match outcome {
+            Orphan::Unknown => {}
+            Orphan::Young => report.waiting += 1,
+            Orphan::Locked(until) => report.locked.push(Locked {
                 key: pack.key,
                 until,
-            });
-            continue;
-        }
-        let (s, key) = (store.clone(), pack.key.clone());
-        match blocking(move || {
-            for v in s.versions(&key)? {
-                s.delete(&key, v.meta.version_id.as_deref())?;
-            }
-            Ok(())
-        })
-        .await
-        {
-            Ok(()) => {
+            }),
+            Orphan::Deleted => {
                 tracing::info!(key = %pack.key, "deleted an orphan pack");
                 report.freed_bytes += pack.size;
                 report.orphans.push(pack.key);
             }
-            Err(e) => report.failed.push(Failed {
+            Orphan::Failed(error) => report.failed.push(Failed {
                 key: pack.key,
-                error: e.report(),
+                error,
             }),
         }
+    }
+    Ok(())
+}
+
+/// What became of an orphan pack.
+enum Orphan {
+    /// The store does not say when it was written: left alone.
+    Unknown,
+    /// Within the grace period, or a running backup may record it.
+    Young,
+    Locked(DateTime<Utc>),
+    Deleted,
+    Failed(String),
+}
+
+/// Deletes every version of `key` listed in `versions` (delete markers
+/// included), or the object itself on a store without versions.
+fn delete_versions(store: &dyn Store, key: &str, versions: &[crate::store::Version]) -> Result<()> {
+    if versions.is_empty() {
+        return store.delete(key, None);
+    }
+    for v in versions {
+        store.delete(key, v.meta.version_id.as_deref())?;
     }
     Ok(())
 }
