@@ -523,7 +523,15 @@ async fn gc_protects_a_long_running_backup_while_its_heartbeat_lives() {
     };
     let before = packs();
     assert!(before > 0);
-    let held = env.json(&["gc", "--grace", "0s"]);
+    // No grace period shorter than the longest plausible upload.
+    for short in ["0s", "1s", "14m"] {
+        let (out, stdout, stderr) = harness::run(&mut env.cmd(&["gc", "--grace", short]));
+        assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+        assert!(stderr.contains("minimum grace period, 15m"), "{stderr}");
+    }
+    env.json(&["gc"]);
+    env.age_gc("2 hours").await;
+    let held = env.json(&["gc"]);
     assert!(held["waiting"].as_u64().unwrap() > 0, "{held}");
     assert!(held["deleted"].as_array().unwrap().is_empty(), "{held}");
     assert_eq!(packs(), before);
@@ -534,6 +542,6 @@ async fn gc_protects_a_long_running_backup_while_its_heartbeat_lives() {
         .execute(&env.db.pool)
         .await
         .unwrap();
-    let swept = env.json(&["gc", "--grace", "0s"]);
+    let swept = env.json(&["gc"]);
     assert!(!swept["deleted"].as_array().unwrap().is_empty(), "{swept}");
 }

@@ -12,13 +12,21 @@
 //! can never pick a chunk that is about to disappear. Every version of the
 //! key goes, including any a writer slipped on top of it.
 //!
-//! Last, what interrupted writes left in the store and nothing touched for
-//! the grace period goes too: a killed backup's temporary files, its
-//! unfinished multipart uploads, and packs it stored but could not record
-//! (the catalog was gone). Such an orphan pack is deleted only when the
-//! catalog knows every backup whose manifest is in the store: a catalog
-//! that lost rows (restored from an old dump) must be rebuilt first, or gc
-//! would take packs that backups it no longer knows still need.
+//! Last, what interrupted writes left in the store goes too: a killed
+//! backup's temporary files, its unfinished multipart uploads, and packs it
+//! stored but could not record (the catalog was gone). Their age is gc's
+//! own: the catalog records when gc first saw each one, and it is removed
+//! once seen for the whole grace period and after every backup still
+//! running started. A store's timestamps are never trusted for this (its
+//! clock may be skewed). An orphan pack is deleted only when the catalog
+//! knows every backup whose manifest is in the store: a catalog that lost
+//! rows (restored from an old dump) must be rebuilt first, or gc would take
+//! packs that backups it no longer knows still need.
+//!
+//! The grace period cannot be shorter than [`MIN_GRACE`]: well beyond the
+//! longest a single store request may take with all its retries
+//! ([`crate::store::s3::LONGEST_REQUEST`]), so an upload that is slow but
+//! alive is never taken for an abandoned one.
 
 use std::sync::Arc;
 
@@ -29,6 +37,10 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::Store;
+
+/// The shortest grace period gc accepts.
+pub const MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const _: () = assert!(crate::store::s3::LONGEST_REQUEST.as_secs() * 3 / 2 <= MIN_GRACE.as_secs());
 
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
@@ -76,6 +88,20 @@ pub async fn gc(
     repo: Uuid,
     grace: chrono::Duration,
 ) -> Result<GcReport> {
+    if grace.to_std().map_or(true, |g| g < MIN_GRACE) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "a grace period of {}s is shorter than the minimum, {} minutes",
+                grace.num_seconds(),
+                MIN_GRACE.as_secs() / 60
+            ),
+        )
+        .with_guidance(
+            "a shorter grace could delete the work of a backup whose upload is slow but alive; \
+             use --grace 15m or longer (the default is 1h)",
+        ));
+    }
     let marked = catalog.gc_mark(repo).await?;
     let mut report = GcReport {
         expired: marked.expired,
@@ -130,32 +156,97 @@ pub async fn gc(
             }),
         }
     }
-    // An upload writes its temporary file as it goes: one untouched for the
-    // grace period belongs to no running backup.
-    let (s, before) = (store.clone(), Utc::now() - grace);
-    for (name, size) in blocking(move || s.remove_abandoned(before)).await? {
-        tracing::info!(%name, "removed an abandoned temporary file");
-        report.freed_bytes += size;
-        report.abandoned.push(name);
-    }
-    let (s, before) = (store.clone(), Utc::now() - grace);
-    for key in blocking(move || s.abort_abandoned_uploads(before)).await? {
-        tracing::info!(%key, "aborted an abandoned multipart upload");
-        report.abandoned.push(key);
-    }
-    sweep_orphans(store, catalog, repo, grace, &mut report).await?;
+    sweep_debris(store, catalog, repo, grace, &mut report).await?;
     Ok(report)
 }
 
-/// Deletes packs the catalog does not know, written before the grace period
-/// and before every backup still running started, once their locks expired.
-async fn sweep_orphans(
+/// Removes what interrupted writes left (debris, orphan packs) once gc has
+/// seen it for the whole grace period, after every backup still running
+/// started, and its locks have expired.
+async fn sweep_debris(
     store: Arc<dyn Store>,
     catalog: &Catalog,
     repo: Uuid,
     grace: chrono::Duration,
     report: &mut GcReport,
 ) -> Result<()> {
+    let s = store.clone();
+    let debris = blocking(move || s.debris()).await?;
+    let orphans = orphan_packs(&store, catalog, repo, report).await?;
+    let seen: Vec<String> = debris
+        .iter()
+        .map(|d| d.id.clone())
+        .chain(orphans.iter().map(|o| o.key.clone()))
+        .collect();
+    let ripe: std::collections::HashSet<String> = catalog
+        .sight(repo, &seen, grace)
+        .await?
+        .into_iter()
+        .collect();
+    report.waiting += (seen.len() - ripe.len()) as u64;
+    for d in debris.into_iter().filter(|d| ripe.contains(&d.id)) {
+        let (s, id) = (store.clone(), d.id.clone());
+        match blocking(move || s.remove_debris(&id)).await {
+            Ok(()) => {
+                tracing::info!(id = %d.id, "removed what an interrupted write left");
+                report.freed_bytes += d.size;
+                report.abandoned.push(d.id);
+            }
+            Err(e) => report.failed.push(Failed {
+                key: d.id,
+                error: e.report(),
+            }),
+        }
+    }
+    for pack in orphans.into_iter().filter(|o| ripe.contains(&o.key)) {
+        let (s, key) = (store.clone(), pack.key.clone());
+        // One listing of the pack's versions serves the locks and the
+        // deletion.
+        let outcome = blocking(move || -> Result<Orphan> {
+            let versions = s.versions(&key)?;
+            let now = Utc::now();
+            let mut locked = None;
+            for v in versions.iter().filter(|v| !v.delete_marker) {
+                let head = s.head_version(&key, v.meta.version_id.as_deref())?;
+                locked = locked.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
+            }
+            if let Some(until) = locked {
+                return Ok(Orphan::Locked(until));
+            }
+            Ok(match delete_versions(&*s, &key, &versions) {
+                Ok(()) => Orphan::Deleted,
+                Err(e) => Orphan::Failed(e.report()),
+            })
+        })
+        .await?;
+        match outcome {
+            Orphan::Locked(until) => report.locked.push(Locked {
+                key: pack.key,
+                until,
+            }),
+            Orphan::Deleted => {
+                tracing::info!(key = %pack.key, "deleted an orphan pack");
+                report.freed_bytes += pack.size;
+                report.orphans.push(pack.key);
+            }
+            Orphan::Failed(error) => report.failed.push(Failed {
+                key: pack.key,
+                error,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Packs in the store the catalog does not know. None when the store holds
+/// manifests the catalog does not know: those backups' packs would look
+/// like orphans (the reason goes into the report).
+async fn orphan_packs(
+    store: &Arc<dyn Store>,
+    catalog: &Catalog,
+    repo: Uuid,
+    report: &mut GcReport,
+) -> Result<Vec<crate::store::ObjectMeta>> {
     let known = catalog.known_objects(repo).await?;
     let s = store.clone();
     let manifests = blocking(move || s.list("manifests/")).await?;
@@ -176,77 +267,18 @@ async fn sweep_orphans(
         );
         tracing::warn!(reason = %why, "orphan packs not collected");
         report.orphans_skipped = Some(why);
-        return Ok(());
+        return Ok(Vec::new());
     }
     let s = store.clone();
     let packs = blocking(move || s.list("packs/")).await?;
-    // Old enough: written before the grace period and before every backup
-    // still running started (one that started earlier may be about to
-    // record it).
-    let cutoff = known
-        .running_since
-        .iter()
-        .fold(Utc::now() - grace, |c, started| c.min(*started));
-    for pack in packs {
-        if known.packs.contains(&pack.key) {
-            continue;
-        }
-        let (s, key) = (store.clone(), pack.key.clone());
-        // One listing of the pack's versions serves the age, the locks and
-        // the deletion.
-        let outcome = blocking(move || -> Result<Orphan> {
-            let versions = s.versions(&key)?;
-            let written = versions
-                .iter()
-                .find(|v| !v.delete_marker)
-                .and_then(|v| v.modified);
-            match written {
-                None => return Ok(Orphan::Unknown),
-                Some(w) if w >= cutoff => return Ok(Orphan::Young),
-                Some(_) => {}
-            }
-            let now = Utc::now();
-            let mut locked = None;
-            for v in versions.iter().filter(|v| !v.delete_marker) {
-                let head = s.head_version(&key, v.meta.version_id.as_deref())?;
-                locked = locked.max(head.and_then(|h| h.retain_until).filter(|u| *u > now));
-            }
-            if let Some(until) = locked {
-                return Ok(Orphan::Locked(until));
-            }
-            Ok(match delete_versions(&*s, &key, &versions) {
-                Ok(()) => Orphan::Deleted,
-                Err(e) => Orphan::Failed(e.report()),
-            })
-        })
-        .await?;
-        match outcome {
-            Orphan::Unknown => {}
-            Orphan::Young => report.waiting += 1,
-            Orphan::Locked(until) => report.locked.push(Locked {
-                key: pack.key,
-                until,
-            }),
-            Orphan::Deleted => {
-                tracing::info!(key = %pack.key, "deleted an orphan pack");
-                report.freed_bytes += pack.size;
-                report.orphans.push(pack.key);
-            }
-            Orphan::Failed(error) => report.failed.push(Failed {
-                key: pack.key,
-                error,
-            }),
-        }
-    }
-    Ok(())
+    Ok(packs
+        .into_iter()
+        .filter(|p| !known.packs.contains(&p.key))
+        .collect())
 }
 
 /// What became of an orphan pack.
 enum Orphan {
-    /// The store does not say when it was written: left alone.
-    Unknown,
-    /// Within the grace period, or a running backup may record it.
-    Young,
     Locked(DateTime<Utc>),
     Deleted,
     Failed(String),

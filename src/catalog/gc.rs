@@ -243,9 +243,54 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Records that gc saw `keys` (debris and orphan packs) in the store
+    /// now, forgets sightings of keys no longer among them, and returns the
+    /// keys that are ripe: first seen at least `grace` ago, and seen after
+    /// every backup still running started (one that started earlier may be
+    /// about to complete or record them).
+    pub async fn sight(
+        &self,
+        repo: Uuid,
+        keys: &[String],
+        grace: chrono::Duration,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        gc_lock(&mut tx, repo).await?;
+        sqlx::query("DELETE FROM gc_sightings WHERE repository_id = $1 AND NOT (key = ANY($2))")
+            .bind(repo)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        sqlx::query(
+            "INSERT INTO gc_sightings (repository_id, key) SELECT $1, unnest($2::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo)
+        .bind(keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let ripe: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT s.key FROM gc_sightings s \
+             WHERE s.repository_id = $1 AND s.first_seen_at <= now() - $2 \
+               AND NOT EXISTS (SELECT 1 FROM backups r WHERE r.repository_id = s.repository_id \
+                 AND r.status = 'running' AND r.started_at <= s.first_seen_at \
+                 AND COALESCE(r.heartbeat_at, r.started_at) > now() - interval '",
+            alive_within!(),
+            "') ORDER BY s.key"
+        ))
+        .bind(repo)
+        .bind(grace)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(ripe)
+    }
+
     /// What the catalog knows, for finding orphans in the store: every pack
-    /// key it records, every backup id it has a row for (any status), and
-    /// when the backups still running started.
+    /// key it records and every backup id it has a row for (any status).
     pub async fn known_objects(&self, repo: Uuid) -> Result<KnownObjects> {
         let packs: Vec<String> =
             sqlx::query_scalar("SELECT key FROM packs WHERE repository_id = $1")
@@ -259,20 +304,9 @@ impl Catalog {
                 .fetch_all(self.pool())
                 .await
                 .map_err(query_error)?;
-        let running: Vec<DateTime<Utc>> = sqlx::query_scalar(concat!(
-            "SELECT started_at FROM backups WHERE repository_id = $1 AND status = 'running' \
-               AND COALESCE(heartbeat_at, started_at) > now() - interval '",
-            alive_within!(),
-            "'"
-        ))
-        .bind(repo)
-        .fetch_all(self.pool())
-        .await
-        .map_err(query_error)?;
         Ok(KnownObjects {
             packs: packs.into_iter().collect(),
             backups: backups.into_iter().collect(),
-            running_since: running,
         })
     }
 }
@@ -282,5 +316,4 @@ impl Catalog {
 pub struct KnownObjects {
     pub packs: std::collections::HashSet<String>,
     pub backups: std::collections::HashSet<Uuid>,
-    pub running_since: Vec<DateTime<Utc>>,
 }

@@ -100,16 +100,6 @@ where
     result
 }
 
-/// Like [`parse_duration`], and `0s` is allowed.
-pub(crate) fn parse_duration_or_zero(s: &str) -> std::result::Result<chrono::Duration, String> {
-    if s.strip_suffix(['s', 'm', 'h', 'd'])
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
-    {
-        return Ok(chrono::Duration::zero());
-    }
-    parse_duration(s)
-}
-
 /// `90d`, `12h`, `30m`, `45s`: a number and one unit.
 pub(crate) fn parse_duration(s: &str) -> std::result::Result<chrono::Duration, String> {
     let bad = || format!("`{s}` is not a duration; write a number and a unit: 90d, 12h, 30m, 45s");

@@ -5,11 +5,30 @@ use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Args)]
 pub(crate) struct GcArgs {
-    /// How long an object stays marked before it may be deleted: `1h`,
-    /// `30m`, `0s`. A longer grace gives backups that started before the
-    /// marking more time to finish.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::backup::parse_duration_or_zero)]
+    /// How long an object stays marked, or debris an interrupted backup
+    /// left stays seen, before it may be deleted: `1h`, `30m`. At least
+    /// 15m: a shorter grace could take the work of a slow upload.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_grace)]
     grace: chrono::Duration,
+}
+
+fn parse_grace(s: &str) -> std::result::Result<chrono::Duration, String> {
+    let zero = s
+        .strip_suffix(['s', 'm', 'h', 'd'])
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'));
+    let grace = if zero {
+        chrono::Duration::zero()
+    } else {
+        super::backup::parse_duration(s)?
+    };
+    let min = crate::gc::MIN_GRACE.as_secs() / 60;
+    if grace < chrono::Duration::minutes(min as i64) {
+        return Err(format!(
+            "`{s}` is shorter than the minimum grace period, {min}m: a shorter one could \
+             delete the work of a backup whose upload is slow but alive"
+        ));
+    }
+    Ok(grace)
 }
 
 impl GcArgs {

@@ -258,10 +258,7 @@ impl Store for LocalStore {
         Ok(Box::new(LocalUpload::start(self, buffer, PIECE, true)?))
     }
 
-    fn remove_abandoned(
-        &self,
-        before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<(String, u64)>> {
+    fn debris(&self) -> Result<Vec<super::Debris>> {
         let entries = match fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -269,20 +266,33 @@ impl Store for LocalStore {
                 return Err(self.io_error(format!("cannot list {}", self.root.display()), e));
             }
         };
-        let mut removed = Vec::new();
+        let mut found = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(meta) = entry.metadata() else { continue };
-            let stale = meta
-                .modified()
-                .is_ok_and(|m| chrono::DateTime::<chrono::Utc>::from(m) < before);
-            if name.starts_with(".tmp-") && meta.is_file() && stale {
-                fs::remove_file(entry.path())
-                    .map_err(|e| self.io_error(format!("cannot remove {name}"), e))?;
-                removed.push((name, meta.len()));
+            if name.starts_with(".tmp-") && meta.is_file() {
+                found.push(super::Debris {
+                    id: name,
+                    size: meta.len(),
+                });
             }
         }
-        Ok(removed)
+        Ok(found)
+    }
+
+    fn remove_debris(&self, id: &str) -> Result<()> {
+        // Only a temporary file directly under the root, by its own name.
+        if !id.starts_with(".tmp-") || id.contains('/') {
+            return Err(Error::new(
+                ErrorKind::Failed,
+                format!("{id:?} is not a temporary file of this store"),
+            ));
+        }
+        match fs::remove_file(self.root.join(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_error(format!("cannot remove {id}"), e)),
+        }
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -469,12 +479,11 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_temporary_files_are_removed_once_stale_and_only_then() {
+    fn temporary_files_are_debris_and_removing_one_spares_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::new(dir.path());
         s.put("packs/ab/x", b"kept", &opts(b"kept")).unwrap();
-        // A killed backup's leftover, last written two hours ago, and one
-        // still being written.
+        // A killed backup's leftover, and one still being written.
         let mut old = s.upload(Vec::new(), 0).unwrap();
         old.write(&[1u8; 5000]).unwrap();
         std::mem::forget(old);
@@ -483,22 +492,20 @@ mod tests {
             .flatten()
             .find(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
             .unwrap()
-            .path();
-        let two_hours = std::time::Duration::from_secs(7200);
-        File::options()
-            .write(true)
-            .open(&stale)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - two_hours)
-            .unwrap();
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         let mut live = s.upload(Vec::new(), 0).unwrap();
         live.write(&[2u8; 5000]).unwrap();
 
-        let removed = s
-            .remove_abandoned(chrono::Utc::now() - chrono::Duration::hours(1))
-            .unwrap();
-        assert_eq!(removed.len(), 1, "{removed:?}");
-        assert!(!stale.exists());
+        let debris = s.debris().unwrap();
+        assert_eq!(debris.len(), 2, "{debris:?}");
+        assert!(debris.iter().all(|d| d.size == 5000), "{debris:?}");
+        s.remove_debris(&stale).unwrap();
+        assert!(!dir.path().join(&stale).exists());
+        // Nothing but a temporary file can be removed this way.
+        assert!(s.remove_debris("packs/ab/x").is_err());
+        assert!(s.remove_debris(".tmp-x/../packs/ab/x").is_err());
         // The live upload still finishes, and the object stays.
         let done = live
             .finish(

@@ -40,6 +40,16 @@ pub struct ObjectMeta {
     pub lock_mode: Option<String>,
 }
 
+/// Something an interrupted write left in a store: see [`Store::debris`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debris {
+    /// Names it for [`Store::remove_debris`] and for people: a temporary
+    /// file's name, or `KEY?uploadId=ID` for an unfinished upload.
+    pub id: String,
+    /// Bytes it holds, where the store says (0 when it does not).
+    pub size: u64,
+}
+
 /// One entry of an object's history on a versioned store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
@@ -108,13 +118,6 @@ pub trait Store: Send + Sync {
         }
         Ok(bytes)
     }
-    /// Aborts what interrupted multipart uploads left (parts a killed backup
-    /// uploaded and never completed) that started before `before`; returns
-    /// their keys. Nothing on stores without multipart uploads.
-    fn abort_abandoned_uploads(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
-        let _ = before;
-        Ok(Vec::new())
-    }
     /// Makes the lock of an object (version) last at least until `until`,
     /// never shortening it, and returns the lock's end. `None` on stores
     /// without locks.
@@ -130,13 +133,22 @@ pub trait Store: Send + Sync {
     /// Where this store is, for people and for the catalog
     /// (`file:///var/lib/drctl/repo`, `s3://bucket/prefix`).
     fn location(&self) -> String;
-    /// Removes what interrupted writes left behind and nothing has touched
-    /// since `before` (the temporary files of a killed backup, on a
-    /// directory); returns what was removed and its size. Nothing on stores
-    /// that leave nothing.
-    fn remove_abandoned(&self, before: DateTime<Utc>) -> Result<Vec<(String, u64)>> {
-        let _ = before;
+    /// What interrupted writes left behind: the temporary files of a killed
+    /// backup (on a directory), the parts of a multipart upload it never
+    /// completed (on S3). Nothing on stores that leave nothing. The store
+    /// does not judge their age: gc does, from when it first saw them.
+    fn debris(&self) -> Result<Vec<Debris>> {
         Ok(Vec::new())
+    }
+    /// Removes one piece of [`Store::debris`], by its id.
+    fn remove_debris(&self, id: &str) -> Result<()> {
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Failed,
+            format!(
+                "{} leaves no debris, so it cannot remove {id}",
+                self.location()
+            ),
+        ))
     }
     /// Starts a content-addressed object written piece by piece: its key
     /// depends on the SHA-256 of all its bytes, so it is chosen when the

@@ -47,8 +47,14 @@ use crate::error::{Error, ErrorKind, Result};
 const MAX_IN_FLIGHT: usize = 8;
 /// Attempts per request (the first and the retries).
 const MAX_ATTEMPTS: u32 = 10;
+/// The longest one request may take, all its attempts and their waits
+/// included: past it the request fails. gc's minimum grace period is
+/// derived from it (an upload this slow is still alive).
+pub const LONGEST_REQUEST: Duration = Duration::from_secs(600);
 /// Objects above this size go up in parts.
 pub const MULTIPART_THRESHOLD: usize = 64 << 20;
+/// Between a key and an upload id in the id of an unfinished upload.
+const UPLOAD_ID: &str = "?uploadId=";
 /// Part size of multipart uploads.
 const PART_SIZE: usize = 16 << 20;
 
@@ -85,6 +91,7 @@ impl S3Store {
                         .connect_timeout(Duration::from_secs(10))
                         .read_timeout(Duration::from_secs(60))
                         .operation_attempt_timeout(Duration::from_secs(300))
+                        .operation_timeout(LONGEST_REQUEST)
                         .build(),
                 );
             if let Some(r) = region {
@@ -707,8 +714,8 @@ impl Store for S3Store {
             .unwrap_or_default())
     }
 
-    fn abort_abandoned_uploads(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
-        let mut aborted = Vec::new();
+    fn debris(&self) -> Result<Vec<super::Debris>> {
+        let mut found = Vec::new();
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
             let page = self
@@ -724,24 +731,12 @@ impl Store for S3Store {
                 })
                 .map_err(|e| s3_error(e, "cannot list unfinished uploads".into()))?;
             for u in page.uploads() {
-                let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
-                    continue;
-                };
-                let started = u.initiated().and_then(from_s3_time);
-                if started.is_none_or(|t| t >= before) {
-                    continue;
+                if let (Some(full), Some(id)) = (u.key(), u.upload_id()) {
+                    found.push(super::Debris {
+                        id: format!("{}{UPLOAD_ID}{id}", self.strip(full)),
+                        size: 0,
+                    });
                 }
-                self.call(async {
-                    self.client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(full)
-                        .upload_id(id)
-                        .send()
-                        .await
-                })
-                .map_err(|e| s3_error(e, format!("cannot abort the upload of {full}")))?;
-                aborted.push(self.strip(full).to_string());
             }
             if page.is_truncated() == Some(true) {
                 key_marker = page.next_key_marker().map(str::to_string);
@@ -750,7 +745,28 @@ impl Store for S3Store {
                 break;
             }
         }
-        Ok(aborted)
+        Ok(found)
+    }
+
+    fn remove_debris(&self, id: &str) -> Result<()> {
+        let Some((key, upload)) = id.rsplit_once(UPLOAD_ID) else {
+            return Err(Error::new(
+                ErrorKind::Failed,
+                format!("{id:?} does not name an unfinished upload"),
+            ));
+        };
+        let full = self.full_key(key);
+        self.call(async {
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload)
+                .send()
+                .await
+        })
+        .map_err(|e| s3_error(e, format!("cannot abort the upload of {key}")))?;
+        Ok(())
     }
 
     fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
