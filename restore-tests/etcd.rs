@@ -359,6 +359,73 @@ async fn restore_makes_a_data_dir_and_verify_proves_the_keyspace() {
     assert!(keys == original, "the restored keyspace differs");
 }
 
+/// The throwaway etcd of `--verify` holds every Secret of the cluster and
+/// has no authentication: it must listen on no TCP port (any local user
+/// could read it) and live in a directory only its owner can enter. An
+/// `etcd` wrapper first on PATH records how it was started, then runs the
+/// real one.
+#[tokio::test]
+async fn verify_runs_its_throwaway_etcd_on_unix_sockets_in_a_private_directory() {
+    let (etcd, _live) = etcd_with(20, |_| 10).await;
+    let env = env_for(&[&etcd.client_url]).await;
+    let id = env.json(&["backup", "etcd"])["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bin = env.ws.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = env.ws.path("etcd-started.txt");
+    let wrapper = bin.join("etcd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{{ stat -c %a .; for a in \"$@\"; do echo \"$a\"; done; }} > {}\nexec {} \"$@\"\n",
+            record.display(),
+            harness::etcd::etcd_binary().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["restore", "etcd", &id, "--verify", "-o", "json"])
+            .arg("--identity")
+            .arg(&env.identity)
+            .env("PATH", path),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+
+    let started = std::fs::read_to_string(&record).expect("the wrapper ran");
+    let mut lines = started.lines();
+    assert_eq!(
+        lines.next(),
+        Some("700"),
+        "scratch directory mode: {started}"
+    );
+    let args: Vec<&str> = lines.collect();
+    for flag in [
+        "--listen-client-urls",
+        "--listen-peer-urls",
+        "--advertise-client-urls",
+    ] {
+        let at = args.iter().position(|a| *a == flag).expect(flag);
+        assert!(
+            args[at + 1].starts_with("unix://"),
+            "{flag} {}: {started}",
+            args[at + 1]
+        );
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.contains("http://") || a.contains("https://")),
+        "a TCP endpoint: {started}"
+    );
+}
+
 #[tokio::test]
 async fn verify_reports_a_keyspace_that_differs_from_the_record() {
     let (etcd, _live) = etcd_with(50, |_| 10).await;

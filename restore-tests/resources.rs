@@ -806,6 +806,30 @@ spec:
     let id = b["backup_id"].as_str().unwrap();
     let before = e.c.json(&["get", "persistentvolume", "pv-prod"]);
 
+    // The plan shows the cluster-scoped volume in a section of its own,
+    // with what will (not) happen to it and why.
+    let (code, text, _) = e.restore_text(
+        id,
+        &[
+            "--dry-run",
+            "--namespace-mapping",
+            "shop=shop-drill",
+            "--existing",
+            "update",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let (ordinary, special) = text
+        .split_once("cluster-wide and privileged objects (read these first):\n")
+        .unwrap_or_else(|| panic!("no section of its own: {text}"));
+    assert!(!ordinary.contains("pv-prod"), "{text}");
+    assert!(
+        special.contains("skip       PersistentVolume pv-prod [cluster-scoped]: a mapped restore"),
+        "{text}"
+    );
+    assert!(special.contains("RoleBinding shop-drill/web-reads (from shop) [grants permissions]"));
+    assert!(!special.contains("Namespace shop-drill"), "{text}");
+
     let r = e.restore(
         id,
         &[

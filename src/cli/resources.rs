@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::resources::scope::{ClusterResources, Scope, ScopeFlags};
 use crate::restore::resources::Report;
-use crate::restore::resources::plan::{Action, Outcome};
+use crate::restore::resources::plan::{Action, Outcome, Step};
 
 /// Which objects: the same flags for backups and restores.
 #[derive(Debug, Args)]
@@ -125,18 +125,17 @@ pub(crate) fn render_restore(r: &Report) -> String {
             r.backup_id, r.server
         ));
     }
-    for s in &r.steps {
+    // Objects that reach beyond their namespace or grant permissions come
+    // last, in a section of their own: the ones to read before saying yes.
+    let (special, ordinary): (Vec<&Step>, Vec<&Step>) =
+        r.steps.iter().partition(|s| s.attention().is_some());
+    let line = |s: &Step| {
         let what = match (s.outcome, s.action) {
             (Some(o), _) => serde_json::to_value(o).unwrap(),
             (None, a) => serde_json::to_value(a).unwrap(),
         };
-        // A dry run lists everything; a restore what was done or not.
-        let show = r.dry_run || matches!(s.outcome, Some(Outcome::Failed)) || r.steps.len() <= 200;
-        if !show {
-            continue;
-        }
-        t.push_str(&format!(
-            "  {:>5}  {:<9}  {}{}{}\n",
+        format!(
+            "  {:>5}  {:<9}  {}{}{}{}\n",
             s.order,
             what.as_str().unwrap_or(""),
             s.display(),
@@ -144,12 +143,25 @@ pub(crate) fn render_restore(r: &Report) -> String {
                 .as_ref()
                 .map(|ns| format!(" (from {ns})"))
                 .unwrap_or_default(),
+            s.attention().map(|a| format!(" [{a}]")).unwrap_or_default(),
             s.reason
                 .as_ref()
                 .filter(|_| s.action != Action::Create || s.outcome == Some(Outcome::Failed))
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
-        ));
+        )
+    };
+    // A dry run lists everything; a restore what was done or not.
+    let show =
+        |s: &Step| r.dry_run || matches!(s.outcome, Some(Outcome::Failed)) || r.steps.len() <= 200;
+    for s in ordinary.into_iter().filter(|s| show(s)) {
+        t.push_str(&line(s));
+    }
+    if !special.is_empty() {
+        t.push_str("cluster-wide and privileged objects (read these first):\n");
+        for s in special {
+            t.push_str(&line(s));
+        }
     }
     let c = &r.summary;
     if r.dry_run {

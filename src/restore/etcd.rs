@@ -7,8 +7,11 @@
 //! place. A data directory is then made by etcd's own tool (`etcdutl
 //! snapshot restore`, or `etcdctl snapshot restore` where only etcd 3.4 is
 //! installed), never by hand. `--verify` makes one in a scratch directory,
-//! starts a throwaway etcd on loopback on it and compares what it answers
-//! with what the backup recorded.
+//! starts a throwaway etcd on it and compares what it answers with what the
+//! backup recorded. That etcd holds every Secret of the cluster and has no
+//! authentication, so it listens on no TCP port at all: its client and peer
+//! endpoints are Unix sockets inside the owner-only scratch directory, out
+//! of reach of every other user of the machine.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -498,62 +501,54 @@ pub fn verify(
     let snapshot = scratch.0.join("snapshot.db");
     write_snapshot(repo, manifest, &snapshot, false, progress)?;
     let written = Instant::now();
-    let mut last = None;
-    // Ports are picked by binding and closing: another process may take
-    // one in between, so a start that fails is tried again on new ports.
-    for attempt in 0..3 {
-        let (client, peer) = (free_port()?, free_port()?);
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let flags = MemberFlags {
-            name: "drctl-verify".into(),
-            initial_cluster: format!("drctl-verify={peer_url}"),
-            initial_advertise_peer_urls: peer_url.clone(),
-            initial_cluster_token: format!("drctl-verify-{}", manifest.backup_id),
-        };
-        let data = scratch.0.join(format!("data-{attempt}"));
-        tool.restore(&snapshot, &data, &flags)?;
-        let restored = Instant::now();
-        let client_url = format!("http://127.0.0.1:{client}");
-        let log = scratch.0.join(format!("etcd-{attempt}.log"));
-        let mut cmd = Command::new(&etcd);
-        cmd.arg("--data-dir")
-            .arg(&data)
-            .args(flags.args())
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "warn",
-            ]);
-        match Throwaway::start(cmd, &log, &client_url) {
-            Ok(mut running) => {
-                let started = Instant::now();
-                let answers = running.answers(info.revision);
-                drop(running);
-                let (revision, count, hash, version) = answers?;
-                let checks = compare(&info, revision, count, hash);
-                let ok = checks.iter().all(|c| c.outcome != "mismatch");
-                return Ok(VerifyReport {
-                    backup_id: manifest.backup_id,
-                    ok,
-                    checks,
-                    tool: tool.name.into(),
-                    etcd_version: version,
-                    write_seconds: (written - began).as_secs_f64(),
-                    restore_seconds: (restored - written).as_secs_f64(),
-                    start_seconds: (started - restored).as_secs_f64(),
-                    total_seconds: began.elapsed().as_secs_f64(),
-                });
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("three attempts"))
+    // etcd names a Unix socket `unix://HOST:PORT` and creates it as the file
+    // `HOST:PORT` in its working directory: the scratch directory.
+    let (client_url, peer_url) = ("unix://localhost:2379", "unix://localhost:2380");
+    let flags = MemberFlags {
+        name: "drctl-verify".into(),
+        initial_cluster: format!("drctl-verify={peer_url}"),
+        initial_advertise_peer_urls: peer_url.into(),
+        initial_cluster_token: format!("drctl-verify-{}", manifest.backup_id),
+    };
+    let data = scratch.0.join("data");
+    tool.restore(&snapshot, &data, &flags)?;
+    let restored = Instant::now();
+    let log = scratch.0.join("etcd.log");
+    let mut cmd = Command::new(&etcd);
+    cmd.current_dir(&scratch.0)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(flags.args())
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args([
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "warn",
+        ]);
+    let socket = scratch.0.join("localhost:2379");
+    let mut running = Throwaway::start(cmd, &log, socket)?;
+    let started = Instant::now();
+    let answers = running.answers(info.revision);
+    drop(running);
+    let (revision, count, hash, version) = answers?;
+    let checks = compare(&info, revision, count, hash);
+    let ok = checks.iter().all(|c| c.outcome != "mismatch");
+    Ok(VerifyReport {
+        backup_id: manifest.backup_id,
+        ok,
+        checks,
+        tool: tool.name.into(),
+        etcd_version: version,
+        write_seconds: (written - began).as_secs_f64(),
+        restore_seconds: (restored - written).as_secs_f64(),
+        start_seconds: (started - restored).as_secs_f64(),
+        total_seconds: began.elapsed().as_secs_f64(),
+    })
 }
 
 fn compare(info: &EtcdSnapshot, revision: i64, count: i64, hash: u32) -> Vec<Check> {
@@ -612,24 +607,18 @@ impl Drop for Scratch {
     }
 }
 
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::io(e, ErrorKind::Failed, "cannot find a free loopback port"))
-}
-
 /// A throwaway etcd, killed on drop.
 struct Throwaway {
     child: Child,
-    client_url: String,
+    /// Its client endpoint.
+    socket: PathBuf,
 }
 
 impl Throwaway {
     /// How long a restored member may take to answer.
     const START: Duration = Duration::from_secs(60);
 
-    fn start(mut cmd: Command, log: &Path, client_url: &str) -> Result<Throwaway> {
+    fn start(mut cmd: Command, log: &Path, socket: PathBuf) -> Result<Throwaway> {
         let out = File::create(log).map_err(|e| {
             Error::io(
                 e,
@@ -645,10 +634,7 @@ impl Throwaway {
         let child = cmd
             .spawn()
             .map_err(|e| Error::io(e, ErrorKind::Failed, "cannot start the throwaway etcd"))?;
-        let mut me = Throwaway {
-            child,
-            client_url: client_url.to_string(),
-        };
+        let mut me = Throwaway { child, socket };
         let deadline = Instant::now() + Self::START;
         loop {
             if let Ok(Some(status)) = me.child.try_wait() {
@@ -677,18 +663,27 @@ impl Throwaway {
         }
     }
 
+    /// A client over the Unix socket (etcd-client dials only URLs, so the
+    /// gRPC channel is built here on a connector that opens the socket).
     fn client(&self) -> Result<etcd_client::Client> {
-        let url = self.client_url.clone();
+        let socket = self.socket.clone();
         block_on(async move {
-            etcd_client::Client::connect(
-                [url],
-                Some(
-                    etcd_client::ConnectOptions::new()
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(30)),
-                ),
-            )
-            .await
+            let channel = tonic::transport::Endpoint::from_static("http://drctl-verify.invalid")
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let socket = socket.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(socket)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+                .map_err(|e| e.to_string())?;
+            etcd_client::Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+                .await
+                .map_err(|e| e.to_string())
         })
         .map_err(|e| Error::new(ErrorKind::Unavailable, format!("throwaway etcd: {e}")))
     }

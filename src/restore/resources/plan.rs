@@ -124,6 +124,22 @@ impl Step {
         }
     }
 
+    /// Why this object deserves a look of its own before a restore: it
+    /// reaches beyond its namespace (cluster-scoped), grants permissions
+    /// (RBAC), or sits in the path of other requests (admission webhooks,
+    /// aggregated APIs). `None` for ordinary namespaced objects and for
+    /// Namespaces themselves.
+    pub fn attention(&self) -> Option<&'static str> {
+        match self.ty.group.as_str() {
+            "rbac.authorization.k8s.io" => return Some("grants permissions"),
+            "admissionregistration.k8s.io" => return Some("intercepts API requests"),
+            "apiregistration.k8s.io" => return Some("serves an API"),
+            _ => {}
+        }
+        (self.namespace.is_none() && !(self.ty.group.is_empty() && self.kind == "Namespace"))
+            .then_some("cluster-scoped")
+    }
+
     /// Whether errors about this object may quote its data.
     pub fn is_secret(&self) -> bool {
         self.ty.group.is_empty() && self.kind == "Secret"
