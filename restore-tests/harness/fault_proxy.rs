@@ -139,6 +139,7 @@ impl FaultProxy {
             enabled: AtomicBool::new(true),
             next_request: AtomicU64::new(0),
             lose_put_answers: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
             stats: Counters::default(),
         });
         let (shutdown, stop) = oneshot::channel();
@@ -196,6 +197,12 @@ impl FaultProxy {
         self.state.lose_put_answers.store(n, Ordering::SeqCst);
     }
 
+    /// While on, every request is held for ever: the connection stays open
+    /// and nothing is answered, as from a server stopped with SIGSTOP.
+    pub fn stall(&self, on: bool) {
+        self.state.stalled.store(on, Ordering::SeqCst);
+    }
+
     /// Turns injection off (every request forwarded at once) or back on.
     /// Requests received while it is off draw no fate: the sequence of fates
     /// resumes where it stopped.
@@ -223,6 +230,8 @@ struct State {
     /// Object PUTs still to forward and then answer with a closed
     /// connection ([`FaultProxy::lose_put_answers`]).
     lose_put_answers: AtomicU64,
+    /// Requests are held for ever ([`FaultProxy::stall`]).
+    stalled: AtomicBool,
     stats: Counters,
 }
 
@@ -376,6 +385,9 @@ async fn handle(
     kill: Arc<Notify>,
 ) -> Result<Response<Body>, Infallible> {
     bump(&state.stats.requests);
+    if state.stalled.load(Ordering::SeqCst) {
+        return std::future::pending().await;
+    }
     let fate = if state.enabled.load(Ordering::SeqCst) {
         state.fate(state.next_request.fetch_add(1, Ordering::SeqCst))
     } else {
@@ -548,6 +560,7 @@ mod tests {
             enabled: AtomicBool::new(true),
             next_request: AtomicU64::new(0),
             lose_put_answers: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
             stats: Counters::default(),
         };
         let (a, b) = (state(7), state(7));

@@ -115,10 +115,21 @@ pub struct S3Config {
     /// Default retention of a backup, and so of the lock on its objects.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// The longest one request may take, its retries included (5 to 600):
+    /// a stalled server is given up on after it, with an error naming the
+    /// endpoint, instead of holding a backup or a restore for many minutes.
+    /// Each attempt that gets no answer for a third of it is retried, with
+    /// a warning.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u32,
 }
 
 fn default_retention_days() -> u32 {
     30
+}
+
+fn default_timeout_seconds() -> u32 {
+    60
 }
 
 /// Object Lock mode for every object drctl writes.
@@ -380,6 +391,16 @@ impl S3Config {
             return Err(ConfigError::new(
                 "repository.s3.prefix",
                 "starts with `/`; S3 keys have no leading slash (write e.g. `cluster-1/`)",
+            ));
+        }
+        let longest = crate::store::s3::LONGEST_REQUEST.as_secs() as u32;
+        if !(5..=longest).contains(&self.timeout_seconds) {
+            return Err(ConfigError::new(
+                "repository.s3.timeout_seconds",
+                &format!(
+                    "{} is out of range; expected 5 to {longest} seconds",
+                    self.timeout_seconds
+                ),
             ));
         }
         if !(1..=36_500).contains(&self.retention_days) {

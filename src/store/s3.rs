@@ -58,7 +58,62 @@ const UPLOAD_ID: &str = "?uploadId=";
 /// Part size of multipart uploads.
 const PART_SIZE: usize = 16 << 20;
 
+/// Where requests go, for errors and warnings that say which endpoint to
+/// check.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    url: String,
+    bucket: String,
+    timeout_seconds: u32,
+}
+
+/// Logs a warning for every attempt that failed and will be retried: a
+/// stalled or flaky server is visible while drctl waits on it, not only
+/// when the request finally gives up.
+#[derive(Debug)]
+struct WarnOnRetry {
+    url: String,
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for WarnOnRetry {
+    fn name(&self) -> &'static str {
+        "drctl::WarnOnRetry"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let attempt = cfg
+            .load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
+            .map_or(1, |a| a.attempts());
+        if let Some(Err(e)) = context.output_or_error() {
+            let timed_out =
+                e.is_timeout_error() || e.as_connector_error().is_some_and(|c| c.is_timeout());
+            let why = if timed_out {
+                "no answer in time"
+            } else if e.is_connector_error() {
+                "the connection failed"
+            } else if e.is_response_error() {
+                "the response could not be read"
+            } else {
+                "an error the server may not repeat"
+            };
+            tracing::warn!(
+                endpoint = %self.url,
+                attempt,
+                max_attempts = MAX_ATTEMPTS,
+                "an S3 request failed ({why}); retrying unless it was the last attempt or time is up"
+            );
+        }
+        Ok(())
+    }
+}
+
 pub struct S3Store {
+    at: Endpoint,
     client: Client,
     bucket: String,
     prefix: String,
@@ -78,6 +133,11 @@ impl S3Store {
         let region = cfg.region.clone();
         let endpoint = cfg.endpoint.clone();
         let path_style = cfg.force_path_style;
+        // The whole request, retries included, and how long one attempt
+        // may go without an answer.
+        let total = Duration::from_secs(u64::from(cfg.timeout_seconds)).min(LONGEST_REQUEST);
+        let attempt = total / 3;
+        let url = endpoint_url(cfg);
         let client = in_thread(&rt, async move {
             let mut loader = aws_config::defaults(BehaviorVersion::latest())
                 .retry_config(
@@ -88,10 +148,10 @@ impl S3Store {
                 )
                 .timeout_config(
                     TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(10))
-                        .read_timeout(Duration::from_secs(60))
-                        .operation_attempt_timeout(Duration::from_secs(300))
-                        .operation_timeout(LONGEST_REQUEST)
+                        .connect_timeout(Duration::from_secs(10).min(attempt))
+                        .read_timeout(attempt)
+                        .operation_attempt_timeout(total)
+                        .operation_timeout(total)
                         .build(),
                 );
             if let Some(r) = region {
@@ -106,6 +166,7 @@ impl S3Store {
             if let Some(e) = endpoint {
                 b = b.endpoint_url(e);
             }
+            b = b.interceptor(WarnOnRetry { url });
             Client::from_conf(b.build())
         });
         Ok(S3Store::new(client, cfg, rt))
@@ -119,6 +180,11 @@ impl S3Store {
 
     fn new(client: Client, cfg: &S3Config, rt: tokio::runtime::Runtime) -> S3Store {
         S3Store {
+            at: Endpoint {
+                url: endpoint_url(cfg),
+                bucket: cfg.bucket.clone(),
+                timeout_seconds: cfg.timeout_seconds,
+            },
             client,
             bucket: cfg.bucket.clone(),
             prefix: normalise_prefix(&cfg.prefix),
@@ -188,7 +254,7 @@ impl S3Store {
                         .send()
                         .await
                 })
-                .map_err(|e| s3_error(e, format!("cannot create bucket {bucket}")))?;
+                .map_err(|e| s3_error(&self.at, e, format!("cannot create bucket {bucket}")))?;
                 tracing::info!(bucket = %bucket, "created the bucket with Object Lock");
                 return self.check_bucket(false);
             }
@@ -211,6 +277,7 @@ impl S3Store {
             }
             Err(e) => {
                 return Err(s3_error(
+                    &self.at,
                     e,
                     format!("cannot read the Object Lock configuration of bucket {bucket}"),
                 ));
@@ -272,6 +339,7 @@ impl S3Store {
             }
             Err(e) => {
                 return Err(s3_error(
+                    &self.at,
                     e,
                     format!("cannot read the versioning of bucket {bucket}"),
                 ));
@@ -309,7 +377,7 @@ impl S3Store {
         });
         match out {
             Ok(out) => Ok(Put::Stored(out.version_id().map(str::to_string))),
-            Err(e) => put_error(e, full),
+            Err(e) => put_error(&self.at, e, full),
         }
     }
 
@@ -331,7 +399,7 @@ impl S3Store {
                     .send()
                     .await
             })
-            .map_err(|e| s3_error(e, format!("cannot start the upload of {full}")))?;
+            .map_err(|e| s3_error(&self.at, e, format!("cannot start the upload of {full}")))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let result = (|| {
             let mut parts = Vec::new();
@@ -352,7 +420,13 @@ impl S3Store {
                             .send()
                             .await
                     })
-                    .map_err(|e| s3_error(e, format!("cannot upload part {number} of {full}")))?;
+                    .map_err(|e| {
+                        s3_error(
+                            &self.at,
+                            e,
+                            format!("cannot upload part {number} of {full}"),
+                        )
+                    })?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
@@ -378,7 +452,7 @@ impl S3Store {
             });
             match done {
                 Ok(done) => Ok(Put::Stored(done.version_id().map(str::to_string))),
-                Err(e) => put_error(e, full),
+                Err(e) => put_error(&self.at, e, full),
             }
         })();
         if !matches!(result, Ok(Put::Stored(_))) {
@@ -421,7 +495,7 @@ impl S3Store {
                     Some("NoSuchKey") | Some("NoSuchVersion") => {
                         Error::new(ErrorKind::NotFound, format!("object {key} does not exist"))
                     }
-                    _ => s3_error(e, format!("cannot read object {key}")),
+                    _ => s3_error(&self.at, e, format!("cannot read object {key}")),
                 })?;
             // Into one buffer of the announced size as the body streams in:
             // collecting first and joining after would hold a pack twice.
@@ -480,7 +554,9 @@ impl S3Store {
                         .send()
                         .await
                 })
-                .map_err(|e| s3_error(e, format!("cannot list the versions of {prefix}")))?;
+                .map_err(|e| {
+                    s3_error(&self.at, e, format!("cannot list the versions of {prefix}"))
+                })?;
             let wanted = |k: &str| exact.as_deref().is_none_or(|e| e == k);
             for v in page.versions() {
                 let Some(k) = v.key().filter(|k| wanted(k)) else {
@@ -565,7 +641,11 @@ impl S3Store {
                 lock_mode: h.object_lock_mode().map(|m| m.as_str().to_string()),
             })),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(s3_error(e, format!("cannot read the metadata of {key}"))),
+            Err(e) => Err(s3_error(
+                &self.at,
+                e,
+                format!("cannot read the metadata of {key}"),
+            )),
         }
     }
 }
@@ -729,7 +809,7 @@ impl Store for S3Store {
                         .send()
                         .await
                 })
-                .map_err(|e| s3_error(e, "cannot list unfinished uploads".into()))?;
+                .map_err(|e| s3_error(&self.at, e, "cannot list unfinished uploads".into()))?;
             for u in page.uploads() {
                 if let (Some(full), Some(id)) = (u.key(), u.upload_id()) {
                     found.push(super::Debris {
@@ -765,7 +845,7 @@ impl Store for S3Store {
                 .send()
                 .await
         })
-        .map_err(|e| s3_error(e, format!("cannot abort the upload of {key}")))?;
+        .map_err(|e| s3_error(&self.at, e, format!("cannot abort the upload of {key}")))?;
         Ok(())
     }
 
@@ -780,7 +860,7 @@ impl Store for S3Store {
                 .send()
                 .await
         })
-        .map_err(|e| s3_error(e, format!("cannot delete {key}")))?;
+        .map_err(|e| s3_error(&self.at, e, format!("cannot delete {key}")))?;
         Ok(())
     }
 
@@ -826,7 +906,7 @@ impl Store for S3Store {
                 .send()
                 .await
         })
-        .map_err(|e| s3_error(e, format!("cannot extend the lock of {key}")))?;
+        .map_err(|e| s3_error(&self.at, e, format!("cannot extend the lock of {key}")))?;
         Ok(Some(until))
     }
 
@@ -877,6 +957,14 @@ fn to_s3_time(t: DateTime<Utc>) -> aws_sdk_s3::primitives::DateTime {
     aws_sdk_s3::primitives::DateTime::from_secs(secs)
 }
 
+/// The endpoint requests go to, as people know it.
+fn endpoint_url(cfg: &S3Config) -> String {
+    cfg.endpoint.clone().unwrap_or_else(|| match &cfg.region {
+        Some(r) => format!("https://s3.{r}.amazonaws.com"),
+        None => "AWS S3 (region from the AWS configuration)".into(),
+    })
+}
+
 fn from_s3_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
@@ -887,6 +975,7 @@ fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
 }
 
 fn put_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    at: &Endpoint,
     e: SdkError<E>,
     key: &str,
 ) -> Result<Put> {
@@ -894,12 +983,13 @@ fn put_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
     if e.code() == Some("PreconditionFailed") || status == Some(412) {
         return Ok(Put::Exists);
     }
-    Err(s3_error(e, format!("cannot store {key}")))
+    Err(s3_error(at, e, format!("cannot store {key}")))
 }
 
 /// An error from the SDK, described by its S3 code and message only: the
 /// request (headers, signature) never reaches a log.
 fn s3_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    at: &Endpoint,
     e: SdkError<E>,
     what: String,
 ) -> Error {
@@ -908,8 +998,11 @@ fn s3_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_string(),
         _ => match &e {
-            SdkError::DispatchFailure(_) => "the S3 endpoint could not be reached".into(),
-            SdkError::TimeoutError(_) => "the request timed out".into(),
+            SdkError::DispatchFailure(_) => format!("{} could not be reached", at.url),
+            SdkError::TimeoutError(_) => format!(
+                "{} did not answer within {} s, retries included",
+                at.url, at.timeout_seconds
+            ),
             SdkError::ResponseError(_) => "the response could not be read".into(),
             _ => status.map_or_else(|| "request failed".into(), |s| format!("HTTP {s}")),
         },
@@ -921,14 +1014,21 @@ fn s3_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         _ => ErrorKind::Unavailable,
     };
     let err = Error::new(kind, format!("{what} ({detail})"));
-    match kind {
-        ErrorKind::Permission => err.with_guidance(
+    match (kind, e.code()) {
+        (ErrorKind::Permission, _) => err.with_guidance(
             "check the credentials drctl runs with (AWS_PROFILE, AWS_ACCESS_KEY_ID, the pod's role) and their policy; \
              a locked object refuses deletion until its retain-until date",
         ),
-        ErrorKind::Unavailable => err.with_guidance(
-            "check that the endpoint (repository.s3.endpoint) is reachable; requests were retried with backoff",
-        ),
+        (ErrorKind::Config, Some("NoSuchBucket")) => err.with_guidance(format!(
+            "{} has no bucket `{}`: check repository.s3.bucket (and repository.s3.endpoint); \
+             `drctl repo init --create-bucket` creates one with Object Lock",
+            at.url, at.bucket
+        )),
+        (ErrorKind::Unavailable, _) => err.with_guidance(format!(
+            "check that {} (repository.s3.endpoint) is up and reachable from here; requests were \
+             retried with backoff for up to repository.s3.timeout_seconds ({} s)",
+            at.url, at.timeout_seconds
+        )),
         _ => err,
     }
 }
