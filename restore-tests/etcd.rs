@@ -841,3 +841,28 @@ async fn an_etcd_backup_in_s3_is_locked_and_verifies() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("equals the backed-up one"), "{stdout}");
 }
+
+/// docs/runbook.md's "etcd is lost", run as written: the backup is proven,
+/// then a member's data directory is made from it.
+#[tokio::test]
+async fn recipe_etcd_lost() {
+    let (etcd, _live) = etcd_with(30, |_| 50).await;
+    let env = env_for(&[&etcd.client_url]).await;
+    env.json(&["backup", "etcd", "--name", "prod-etcd"]);
+    let scratch = env.ws.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let peer = free_peer_url();
+    let (out, stdout, stderr) = harness::run_recipe(
+        "etcd-lost",
+        &env.config,
+        &env.identity,
+        &[
+            ("ETCD", "prod-etcd"),
+            ("SCRATCH", scratch.to_str().unwrap()),
+            ("PEER_URL", &peer),
+        ],
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("match"), "{stdout}");
+    assert!(scratch.join("member-1/member/snap/db").exists(), "{stdout}");
+}

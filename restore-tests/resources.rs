@@ -874,3 +874,71 @@ async fn a_mapping_onto_a_restored_namespace_is_refused() {
         before["metadata"]["resourceVersion"]
     );
 }
+
+/// A restore whose namespace or type filter matches nothing in the backup
+/// (a typo at 3 a.m.) is refused naming what the backup holds, instead of
+/// restoring nothing and exiting 0; and the catalog and `backup list` say
+/// how big and how long a resources backup was, as the command did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_filter_that_matches_nothing_names_what_the_backup_holds() {
+    let e = Env::new().await;
+    let b = e.backup(&["--include-namespaces", "shop"]);
+    let id = b["backup_id"].as_str().unwrap();
+    let before = versions(&e);
+
+    let (code, out, err) = e.restore_text(id, &["--include-namespaces", "shopp"]);
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(
+        err.contains("holds no namespace matching --include-namespaces shopp"),
+        "{err}"
+    );
+    assert!(err.contains("it holds: shop"), "{err}");
+    let (code, out, err) = e.restore_text(id, &["--include-resources", "deploymnets"]);
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(err.contains("deployments.apps"), "{err}");
+    assert_eq!(
+        versions(&e),
+        before,
+        "a refused restore changed the cluster"
+    );
+
+    let list = e.env.json(&["backup", "list", "--kind", "resources"]);
+    let row = &list[0];
+    assert_eq!(row["bytes"], b["bytes"], "{row:#}");
+    assert!(row["bytes"].as_u64().unwrap() > 0, "{row:#}");
+    assert!(row["seconds"].as_f64().unwrap() > 0.0, "{row:#}");
+    assert_eq!(row["stats"]["seconds"], b["seconds"], "{row:#}");
+    assert_eq!(
+        row["stats"]["uploaded_bytes"], b["uploaded_bytes"],
+        "{row:#}"
+    );
+    assert!(
+        row["stats"]["objects_per_second"].as_f64().unwrap() > 0.0,
+        "{row:#}"
+    );
+    let text = e.env.ok(&["backup", "list"]);
+    assert!(text.contains("resources  resources"), "{text}");
+    let page = e.env.ok(&["backup", "describe", "resources@latest"]);
+    assert!(page.contains("shop: "), "{page}");
+    assert!(page.contains("by type:"), "{page}");
+}
+
+/// docs/runbook.md's "a namespace was deleted", run as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipe_namespace_deleted() {
+    let e = Env::new().await;
+    e.backup(&["--include-namespaces", "shop", "--name", "shop"]);
+    e.c.ok(&["delete", "namespace", "shop"]);
+    assert!(!e.exists("shop", "configmap", "settings"));
+    let (out, stdout, stderr) = crate::harness::run_recipe(
+        "namespace-deleted",
+        &e.env.config,
+        &e.env.identity,
+        &[("BACKUP", "shop"), ("NAMESPACE", "shop")],
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_no_secret(&format!("{stdout}{stderr}"), &[SECRET]);
+    for (kind, name) in OBJECTS {
+        assert!(e.exists("shop", kind, name), "{kind} {name} not restored");
+    }
+}

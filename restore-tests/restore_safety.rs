@@ -58,7 +58,7 @@ async fn backup_ids_are_validated_before_any_query() {
     ] {
         let (out, stdout, stderr) = harness::run(&mut env.cmd(&args));
         assert_eq!(out.status.code(), Some(3), "{what}: {stdout}{stderr}");
-        assert!(stderr.contains("is not a backup id"), "{stderr}");
+        assert!(stderr.contains("is not a backup reference"), "{stderr}");
     }
     let listed = env.json(&["backup", "list"]);
     assert!(

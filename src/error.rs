@@ -125,7 +125,7 @@ impl Error {
         while let Some(err) = next {
             let text = err.to_string();
             // Libraries often repeat their source in their own message; skip the echo.
-            if out.last() != Some(&text) {
+            if !out.last().is_some_and(|l: &String| l.contains(&text)) {
                 out.push(text);
             }
             next = err.source();

@@ -32,6 +32,7 @@ pub mod gc;
 pub mod keys;
 mod parallel;
 pub mod rebuild;
+pub mod reference;
 pub mod repo;
 pub mod resources;
 pub mod restore;

@@ -601,7 +601,7 @@ fn stats(m: &Manifest, packs: usize) -> serde_json::Value {
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
             .count(),
-        "bytes_total": m.entries.iter().map(|e| e.size).sum::<u64>(),
+        "bytes": m.entries.iter().map(|e| e.size).sum::<u64>(),
         "objects": m.objects.len(),
         "chunks": m.chunks.len(),
         "packs": packs,

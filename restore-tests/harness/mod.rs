@@ -92,6 +92,55 @@ pub fn etcd_prefix() -> String {
 /// The `drctl` binary built for these tests.
 pub fn drctl() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
+    controlled_env(&mut cmd);
+    cmd
+}
+
+/// The shell block tagged `runbook=NAME` in docs/runbook.md, as written.
+pub fn recipe(name: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md"))
+        .expect("docs/runbook.md");
+    let open = format!("```sh runbook={name}\n");
+    let start = doc
+        .find(&open)
+        .unwrap_or_else(|| panic!("docs/runbook.md has no block `{open}`"))
+        + open.len();
+    let end = doc[start..].find("```").expect("the block ends") + start;
+    doc[start..end].to_string()
+}
+
+/// Runs the runbook's recipe `name` with bash (`-euo pipefail`, as an
+/// operator's careful shell), `drctl` on PATH, `DRCTL_CONFIG` and
+/// `DRCTL_IDENTITY_FILE` set, and `vars`.
+pub fn run_recipe(
+    name: &str,
+    config: &std::path::Path,
+    identity: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> (Output, String, String) {
+    let script = recipe(name);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_drctl"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut cmd = Command::new("bash");
+    controlled_env(&mut cmd);
+    cmd.args(["-euo", "pipefail", "-c", &script])
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("DRCTL_CONFIG", config)
+        .env("DRCTL_IDENTITY_FILE", identity);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = run(&mut cmd);
+    (out, stdout, format!("recipe {name}:\n{script}\n{stderr}"))
+}
+
+/// The environment every drctl a test runs sees.
+fn controlled_env(cmd: &mut Command) {
     // A test controls the environment drctl sees.
     for var in [
         "DRCTL_CONFIG",
@@ -112,7 +161,6 @@ pub fn drctl() -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN");
-    cmd
 }
 
 /// Runs `drctl` with `args` and returns the output, stdout and stderr as text.

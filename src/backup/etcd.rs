@@ -31,6 +31,8 @@ pub struct EtcdSummary {
     pub backup_id: Uuid,
     pub status: String,
     pub name: String,
+    /// Where the data came from: the member streamed.
+    pub source: String,
     #[serde(flatten)]
     pub snapshot: EtcdSnapshot,
     /// Why the key count and `HashKV` are not recorded, when they are not.
@@ -85,6 +87,12 @@ pub async fn backup_etcd(
     );
     let mut summary = super::or_fail(catalog, id, run).await?;
     summary.seconds = started.elapsed().as_secs_f64();
+    super::final_stats(
+        catalog,
+        summary.backup_id,
+        serde_json::json!({ "seconds": summary.seconds }),
+    )
+    .await;
     tracing::info!(backup = %id, revision = summary.snapshot.revision, "backup finished");
     Ok(summary)
 }
@@ -217,6 +225,7 @@ async fn run(
         backup_id: id,
         status: "complete".into(),
         name: name.to_string(),
+        source: manifest.source.clone(),
         snapshot: info.clone(),
         unrecorded: unrecorded.clone(),
         bytes: stats.bytes,

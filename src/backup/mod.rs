@@ -55,6 +55,15 @@ async fn or_fail<T>(
     }
 }
 
+/// Records in the catalog the stats a run knows only at its very end.
+/// Best effort: the backup is complete and usable whether or not this
+/// lands, so a failure is logged, not returned.
+async fn final_stats(catalog: &Catalog, id: Uuid, more: serde_json::Value) {
+    if let Err(e) = catalog.merge_stats(id, &more).await {
+        tracing::warn!(backup = %id, error = %e.report(), "the backup's duration was not recorded");
+    }
+}
+
 /// Records a backup of `kind` named `name` as running; returns its id and
 /// the chunks the repository already holds (what dedup skips).
 async fn start(

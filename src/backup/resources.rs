@@ -34,6 +34,8 @@ pub struct ResourcesSummary {
     pub name: String,
     /// The API server read.
     pub server: String,
+    /// Where the data came from: the namespaces and the server.
+    pub source: String,
     pub objects: u64,
     /// Objects whose JSON was not stored yet (new or changed).
     pub new_objects: u64,
@@ -118,6 +120,16 @@ pub async fn backup_resources(
     let mut summary = super::or_fail(catalog, id, run).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.objects_per_second = summary.objects as f64 / summary.seconds.max(1e-9);
+    super::final_stats(
+        catalog,
+        id,
+        serde_json::json!({
+            "seconds": summary.seconds,
+            "objects_per_second": summary.objects_per_second,
+            "uploaded_bytes": summary.uploaded_bytes,
+        }),
+    )
+    .await;
     tracing::info!(backup = %id, objects = summary.objects, new = summary.new_objects, "backup finished");
     Ok(summary)
 }
@@ -281,6 +293,15 @@ async fn run(
         status: "complete".into(),
         name: name.to_string(),
         server: cluster.url.clone(),
+        source: format!(
+            "{} on {}",
+            if reading.namespaces.is_empty() {
+                "cluster-scoped objects".to_string()
+            } else {
+                format!("namespaces {}", reading.namespaces.join(", "))
+            },
+            cluster.url
+        ),
         objects: stats.chunks,
         new_objects: stats.new_chunks,
         types: reading.types.len(),

@@ -22,11 +22,14 @@ pub struct Summary {
     pub backup_id: Uuid,
     pub status: String,
     pub parent: Option<Uuid>,
+    /// Where the data came from: the directory or block file.
+    pub source: String,
     pub files: u64,
     pub files_read: u64,
     pub files_unchanged: u64,
     pub bytes_read: u64,
-    pub bytes_total: u64,
+    /// Size of the files (the source), whether read or unchanged.
+    pub bytes: u64,
     pub new_bytes: u64,
     pub stored_bytes: u64,
     /// Bytes read per new (not yet stored) byte; `None` when nothing was read.
@@ -96,6 +99,12 @@ pub async fn backup_volume(
     .await;
     let mut summary = run?;
     summary.seconds = started.elapsed().as_secs_f64();
+    super::final_stats(
+        catalog,
+        id,
+        serde_json::json!({ "seconds": summary.seconds }),
+    )
+    .await;
     tracing::info!(backup = %id, status = %summary.status, "backup finished");
     Ok(summary)
 }
@@ -257,6 +266,7 @@ fn summarize(
         backup_id: id,
         status: status.into(),
         parent,
+        source: m.source.clone(),
         files: m
             .entries
             .iter()
@@ -265,7 +275,7 @@ fn summarize(
         files_read: scan.files_read,
         files_unchanged: scan.files_unchanged,
         bytes_read: s.bytes,
-        bytes_total: m.entries.iter().map(|e| e.size).sum(),
+        bytes: m.entries.iter().map(|e| e.size).sum(),
         new_bytes: s.new_bytes,
         stored_bytes: s.stored_bytes,
         dedup_ratio: s.dedup_ratio(),

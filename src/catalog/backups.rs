@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Catalog, query_error};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 /// A backup as the catalog knows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -19,6 +19,9 @@ pub struct BackupRow {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub manifest_key: Option<String>,
+    /// Its objects stay locked (and the backup kept) until then; `None`:
+    /// kept until deleted.
+    pub retain_until: Option<DateTime<Utc>>,
     pub stats: serde_json::Value,
     pub error: Option<String>,
 }
@@ -27,7 +30,7 @@ pub struct BackupRow {
 macro_rules! columns {
     () => {
         "id, repository_id, kind, name, status, parent_id, started_at, finished_at, \
-         manifest_key, stats, error"
+         manifest_key, retain_until, stats, error"
     };
 }
 
@@ -186,6 +189,19 @@ impl Catalog {
         tx.commit().await.map_err(query_error)
     }
 
+    /// Adds to a finished backup's stats what is known only once its run
+    /// has ended (its duration, rates), so the catalog says what the
+    /// command printed.
+    pub async fn merge_stats(&self, id: Uuid, more: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE backups SET stats = stats || $2 WHERE id = $1")
+            .bind(id)
+            .bind(more)
+            .execute(self.pool())
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
     /// Marks a running backup failed. Best effort: the caller is already
     /// reporting an error.
     pub async fn fail_backup(&self, id: Uuid, error: &str) -> Result<()> {
@@ -243,56 +259,182 @@ impl Catalog {
         .map_err(query_error)
     }
 
-    pub async fn list_backups(&self, repo: Uuid) -> Result<Vec<BackupRow>> {
-        sqlx::query_as(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL ORDER BY started_at"
+    /// Marks `interrupted` every running backup of `repo` whose heartbeat
+    /// stopped (its process is gone), with the reason; returns their ids.
+    /// Run by every command that looks at backups, so none stays `running`
+    /// for ever.
+    pub async fn mark_interrupted(&self, repo: Uuid) -> Result<Vec<Uuid>> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "UPDATE backups SET status = 'interrupted', \
+               finished_at = COALESCE(heartbeat_at, started_at), \
+               error = 'its process stopped without ending it: no heartbeat since ' || \
+                 to_char(COALESCE(heartbeat_at, started_at) AT TIME ZONE 'UTC', \
+                   'YYYY-MM-DD HH24:MI:SS') || ' UTC (killed, or the catalog was unreachable); \
+                 nothing of it is usable, and what it stored is collected by gc' \
+             WHERE repository_id = $1 AND status = 'running' \
+               AND COALESCE(heartbeat_at, started_at) <= now() - interval '",
+            alive_within!(),
+            "' RETURNING id"
         ))
         .bind(repo)
-        .fetch_all(self.pool())
-        .await
-        .map_err(query_error)
-    }
-
-    /// A backup by id or unique id prefix.
-    pub async fn find_backup(&self, repo: Uuid, id: &str) -> Result<BackupRow> {
-        // Checked before it goes anywhere near SQL: `%` or `_` would match
-        // any backup in a LIKE.
-        if id.is_empty() || id.len() > 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("`{id}` is not a backup id: ids are hexadecimal digits and dashes"),
-            )
-            .with_guidance(
-                "`drctl backup list` shows the backups; give an id or its first characters",
-            ));
-        }
-        let rows: Vec<BackupRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
-              AND id::text LIKE $2 || '%' LIMIT 2"
-        ))
-        .bind(repo)
-        .bind(id.to_ascii_lowercase())
         .fetch_all(self.pool())
         .await
         .map_err(query_error)?;
-        match rows.len() {
-            1 => Ok(rows.into_iter().next().unwrap()),
-            0 => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no backup `{id}` in the catalog"),
-            )
-            .with_guidance("`drctl backup list` shows the backups")),
-            _ => Err(
-                Error::new(ErrorKind::Config, format!("backup id `{id}` is ambiguous"))
-                    .with_guidance("give more characters of the id"),
-            ),
+        for id in &ids {
+            tracing::warn!(backup = %id, "a running backup stopped sending heartbeats: marked interrupted");
         }
+        Ok(ids)
     }
+
+    /// The backups of `repo` that `filter` selects, oldest first.
+    pub async fn list_backups(&self, repo: Uuid, filter: &ListFilter) -> Result<Vec<BackupRow>> {
+        self.mark_interrupted(repo).await?;
+        let mut rows: Vec<BackupRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+               AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR name = $3) \
+               AND ($4::text IS NULL OR status = $4) \
+               AND ($5::timestamptz IS NULL OR started_at >= $5) \
+             ORDER BY started_at DESC LIMIT $6"
+        ))
+        .bind(repo)
+        .bind(filter.kind.as_deref())
+        .bind(filter.name.as_deref())
+        .bind(filter.status.as_deref())
+        .bind(filter.since)
+        .bind(filter.latest.map_or(i64::MAX, |n| n as i64))
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// What a backup holds, from its items: for a resources backup the
+    /// objects per namespace (`""`: cluster-scoped) and per kind; for a
+    /// volume the files, directories and other entries.
+    pub async fn contents(&self, row: &BackupRow) -> Result<serde_json::Value> {
+        if row.kind == "resources" {
+            let per_ns: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT COALESCE(attrs->>'namespace', ''), count(*) FROM backup_items \
+                 WHERE backup_id = $1 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(row.id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error)?;
+            let per_kind: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT COALESCE(attrs->>'kind', '?'), count(*) FROM backup_items \
+                 WHERE backup_id = $1 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(row.id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_error)?;
+            let objects: i64 = per_ns.iter().map(|(_, n)| n).sum();
+            return Ok(serde_json::json!({
+                "objects": objects,
+                "namespaces": per_ns.into_iter().map(|(k, n)| (k, serde_json::Value::from(n)))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+                "types": per_kind.into_iter().map(|(k, n)| (k, serde_json::Value::from(n)))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+            }));
+        }
+        let per_type: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT item_type, count(*) FROM backup_items WHERE backup_id = $1 GROUP BY 1",
+        )
+        .bind(row.id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
+        let count = |t: &[&str]| -> i64 {
+            per_type
+                .iter()
+                .filter(|(k, _)| t.contains(&k.as_str()))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        Ok(serde_json::json!({
+            "files": count(&["file", "block"]),
+            "directories": count(&["dir"]),
+            "other": count(&["symlink", "hardlink"]),
+        }))
+    }
+
+    /// The backup a reference names (see [`crate::reference`]): an id, a
+    /// short id or another run of its first or last digits, `NAME@latest`.
+    pub async fn find_backup(&self, repo: Uuid, given: &str) -> Result<BackupRow> {
+        use crate::reference::Reference;
+        let reference = Reference::parse(given)?;
+        self.mark_interrupted(repo).await?;
+        let rows: Vec<BackupRow> = match &reference {
+            Reference::Id(id) => sqlx::query_as(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL AND id = $2"
+            ))
+            .bind(repo)
+            .bind(id),
+            // Hex digits only (checked by the parse): nothing LIKE could
+            // read as a wildcard.
+            Reference::Partial(hex) => sqlx::query_as(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+                   AND (replace(id::text, '-', '') LIKE $2 || '%' \
+                     OR replace(id::text, '-', '') LIKE '%' || $2) \
+                 ORDER BY started_at DESC"
+            ))
+            .bind(repo)
+            .bind(hex),
+            // The newest usable backup of that name, per kind: two kinds
+            // sharing a name is ambiguous.
+            Reference::Latest(name) => sqlx::query_as(concat!(
+                "SELECT DISTINCT ON (kind) ",
+                columns!(),
+                " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+                   AND name = $2 AND status IN ('complete', 'partial') \
+                 ORDER BY kind, started_at DESC"
+            ))
+            .bind(repo)
+            .bind(name),
+        }
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_error)?;
+        let candidates = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    format!(
+                        "{} {} {} {}",
+                        r.kind,
+                        r.name,
+                        r.status,
+                        r.started_at.format("%Y-%m-%d %H:%M:%S")
+                    ),
+                )
+            })
+            .collect();
+        let id = reference.pick(given, candidates, "the catalog")?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.id == id)
+            .expect("picked from rows"))
+    }
+}
+
+/// What `backup list` selects; `None` selects everything.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Only the newest N (after the other filters).
+    pub latest: Option<u64>,
 }
 
 /// Inserts item rows of backup `id` in batches (rows it has already stay).

@@ -15,15 +15,6 @@ use crate::error::{Error, ErrorKind, Result};
 /// How often a running backup records that it is alive.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A `running` backup counts as alive while its heartbeat is younger than
-/// this (ten beats): one whose process died (a crash leaves it `running`)
-/// stops blocking collection; one that runs for days stays protected.
-macro_rules! alive_within {
-    () => {
-        "5 minutes"
-    };
-}
-
 /// A marked object that may be deleted now, with what the catalog knows of it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Sweepable {
@@ -72,9 +63,15 @@ impl Catalog {
         if row.status == "running" {
             return Err(Error::new(
                 ErrorKind::Config,
-                format!("backup {} is still running", row.id),
+                format!(
+                    "backup {} is still running (its heartbeat is fresh)",
+                    row.id
+                ),
             )
-            .with_guidance("wait for it to end (or fail), then delete it"));
+            .with_guidance(
+                "wait for it to end; if its process is gone, it is marked interrupted \
+                 within 5 minutes of its last heartbeat and can be deleted then",
+            ));
         }
         sqlx::query("UPDATE backups SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
             .bind(row.id)
@@ -88,6 +85,7 @@ impl Catalog {
     /// pack and manifest no live backup references (unmarking those
     /// referenced again).
     pub async fn gc_mark(&self, repo: Uuid) -> Result<Marked> {
+        self.mark_interrupted(repo).await?;
         let mut tx = self.pool().begin().await.map_err(query_error)?;
         gc_lock(&mut tx, repo).await?;
         let expired: Vec<Uuid> = sqlx::query_scalar(

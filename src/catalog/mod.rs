@@ -6,6 +6,16 @@
 //! pending migrations at start; the CLI refuses to work on a schema that is
 //! behind (it never migrates behind an operator's back) and says how to fix it.
 
+/// A `running` backup counts as alive while its heartbeat is younger than
+/// this (ten beats): one whose process died (a crash leaves it `running`)
+/// stops blocking collection and is marked `interrupted`; one that runs
+/// for days stays protected.
+macro_rules! alive_within {
+    () => {
+        "5 minutes"
+    };
+}
+
 mod backups;
 mod gc;
 pub mod rebuild;
@@ -20,7 +30,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
-pub use backups::{BackupEnd, BackupRow, ItemRow, PendingItems};
+pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
 
 /// The catalog schema, from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -126,6 +136,18 @@ impl Catalog {
 fn connect_error(url: &SecretUrl, e: sqlx::Error) -> Error {
     let auth = matches!(&e, sqlx::Error::Database(db)
         if matches!(db.code().as_deref(), Some("28P01" | "28000")));
+    let missing = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"));
+    if missing {
+        return Error::new(
+            ErrorKind::Config,
+            format!("the catalog database does not exist at {}", url.redacted()),
+        )
+        .with_guidance(
+            "PostgreSQL answered, but has no database of that name: check the database name in \
+             catalog.url (or DRCTL_CATALOG_URL), or create it (`createdb NAME`) and run \
+             `drctl catalog migrate`",
+        );
+    }
     let (kind, hint) = if auth {
         (
             ErrorKind::Permission,

@@ -27,6 +27,17 @@ impl Catalog {
         Ok(config.id)
     }
 
+    /// The id of the repository the catalog records at `location`, if any:
+    /// what lets catalog-only commands (`backup list`) run without the
+    /// object store.
+    pub async fn repository_at(&self, location: &str) -> Result<Option<Uuid>> {
+        sqlx::query_scalar("SELECT id FROM repositories WHERE location = $1")
+            .bind(location)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_error)
+    }
+
     /// Every chunk id the repository has: the dedup index, in one query.
     pub async fn known_chunks(&self, repo: Uuid) -> Result<HashSet<ChunkId>> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(

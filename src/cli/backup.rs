@@ -5,7 +5,6 @@ use clap::{Args, Subcommand};
 
 use super::{Context, Out};
 use crate::backup::Summary;
-use crate::catalog::BackupRow;
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::volume::Source;
 
@@ -20,17 +19,21 @@ pub(crate) enum BackupCommand {
     /// types, with the cluster-scoped objects they use, each object's JSON
     /// stored once across backups.
     Resources(ResourcesArgs),
-    /// List the backups in the catalog.
-    List,
-    /// Show one backup.
+    /// List the backups in the catalog (or, with --from-bucket, in the
+    /// bucket's manifests).
+    List(super::listing::ListArgs),
+    /// Show one backup: what, when, how long, how big, where it lies, until
+    /// when it is locked, what it contains.
     Describe {
-        /// Backup id (or a unique prefix).
+        /// Backup: its id, short id (last 8 hex digits), first or last
+        /// digits, or NAME@latest.
         backup: String,
     },
     /// Delete a backup from the catalog. Its objects stay, locked, until
     /// `drctl gc` finds nothing else needs them and their locks expired.
     Delete {
-        /// Backup id (or a unique prefix).
+        /// Backup: its id, short id (last 8 hex digits), first or last
+        /// digits, or NAME@latest.
         backup: String,
     },
 }
@@ -118,6 +121,21 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<chrono::Duration, S
 impl BackupCommand {
     pub(crate) async fn run(self, ctx: &Context, out: &Out) -> Result<()> {
         let loaded = ctx.load_config()?;
+        // Views: the catalog alone (or the bucket alone with --from-bucket).
+        match self {
+            BackupCommand::List(args) => {
+                let wide = args.wide();
+                let rows = args.run(ctx, &loaded).await?;
+                out.emit(&rows, || super::listing::render_list(&rows, wide));
+                return Ok(());
+            }
+            BackupCommand::Describe { backup } => {
+                let d = super::listing::describe(ctx, &loaded, &backup).await?;
+                out.emit(&d, || super::listing::render_describe(&d));
+                return Ok(());
+            }
+            _ => {}
+        }
         let catalog = ctx.catalog(&loaded).await?;
         match self {
             BackupCommand::Volume(args) => {
@@ -195,59 +213,16 @@ impl BackupCommand {
                 out.emit(&s, || super::resources::render_backup(&s));
                 Ok(())
             }
-            BackupCommand::List => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
-                let rows = catalog.list_backups(repo.id).await?;
-                out.emit(&rows, || {
-                    let mut t = format!(
-                        "{:<36}  {:<8}  {:<20}  {:<9}  {:<20}  {:>12}\n",
-                        "ID", "KIND", "NAME", "STATUS", "STARTED", "BYTES"
-                    );
-                    for r in &rows {
-                        t.push_str(&format!(
-                            "{:<36}  {:<8}  {:<20}  {:<9}  {:<20}  {:>12}\n",
-                            r.id,
-                            r.kind,
-                            r.name,
-                            r.status,
-                            r.started_at.format("%Y-%m-%d %H:%M:%S"),
-                            r.stats
-                                .get("bytes_total")
-                                .and_then(|v| v.as_u64())
-                                .unwrap_or(0)
-                        ));
-                    }
-                    t
-                });
-                Ok(())
+            BackupCommand::List(_) | BackupCommand::Describe { .. } => {
+                unreachable!("run before the catalog is opened")
             }
             BackupCommand::Delete { backup } => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
-                let row = catalog.delete_backup(repo.id, &backup).await?;
+                let repo = super::listing::repository_id(&catalog, &loaded).await?;
+                let row = catalog.delete_backup(repo, &backup).await?;
                 out.emit(&serde_json::json!({"deleted": row.id}), || {
                     format!(
                         "deleted backup {} from the catalog; `drctl gc` removes its objects once nothing needs them and their locks expired\n",
                         row.id
-                    )
-                });
-                Ok(())
-            }
-            BackupCommand::Describe { backup } => {
-                let repo = crate::repo::read_config(&*super::open_store(&loaded.config)?)?.0;
-                let row: BackupRow = catalog.find_backup(repo.id, &backup).await?;
-                out.emit(&row, || {
-                    format!(
-                        "backup   {}\nkind     {}\nname     {}\nstatus   {}\nparent   {}\nstarted  {}\nfinished {}\nmanifest {}\n{}stats    {}\n",
-                        row.id,
-                        row.kind,
-                        row.name,
-                        row.status,
-                        row.parent_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        row.started_at.to_rfc3339(),
-                        row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
-                        row.manifest_key.as_deref().unwrap_or("-"),
-                        row.error.as_ref().map(|e| format!("error    {e}\n")).unwrap_or_default(),
-                        row.stats
                     )
                 });
                 Ok(())
@@ -264,7 +239,7 @@ fn render_summary(s: &Summary) -> String {
         s.files,
         s.files_read,
         s.files_unchanged,
-        super::progress::human(s.bytes_total),
+        super::progress::human(s.bytes),
         super::progress::human(s.bytes_read),
         super::progress::human(s.new_bytes),
         super::progress::human(s.stored_bytes),

@@ -9,6 +9,7 @@ mod config;
 mod dev;
 mod gc;
 mod key;
+mod listing;
 mod output;
 mod progress;
 mod repo;
@@ -98,7 +99,10 @@ enum Command {
 
 /// Entry point of the `drctl` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.verbose);
     crate::install_crypto_provider();
     let out = Out::new(cli.format);
@@ -119,6 +123,74 @@ pub fn main() -> ExitCode {
             err.exit_code()
         }
     }
+}
+
+/// A command line clap refused. With `-o json` anywhere on it, scripts get
+/// the error as JSON on stdout (as every other error), exit 2; `--help` and
+/// `--version` print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    if matches!(
+        e.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap's usage line lists the options that were given (or set in the
+    // environment, as DRCTL_CONFIG sets --config) as if they were
+    // required: the global options never are.
+    let rendered: String = e
+        .render()
+        .to_string()
+        .lines()
+        .map(|l| {
+            if l.starts_with("Usage: ") {
+                l.replace(" --config <FILE>", "")
+                    .replace(" --format <FORMAT>", "")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !wants_json(std::env::args().skip(1)) {
+        eprintln!("{}", rendered.trim_end());
+        return ExitCode::from(2);
+    }
+    let (what, rest) = rendered
+        .split_once("\nUsage: ")
+        .map_or((rendered.as_str(), ""), |(w, r)| (w, r));
+    let message = what
+        .trim_start_matches("error: ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let usage = rest.lines().next().unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "error": {
+                "kind": "usage",
+                "exit_code": 2,
+                "message": message,
+                "causes": [],
+                "guidance": format!("usage: {usage}; `--help` describes every option"),
+            }
+        }))
+        .expect("errors serialise")
+    );
+    ExitCode::from(2)
+}
+
+/// Whether the arguments ask for JSON output (`-o json`, `-ojson`,
+/// `--format json`, `--format=json`).
+fn wants_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--format=json" | "-o=json")
+            || (matches!(a.as_str(), "-o" | "--format")
+                && args.get(i + 1).is_some_and(|n| n == "json"))
+    })
 }
 
 async fn run(cli: Cli, out: &Out) -> Result<()> {

@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 use uuid::Uuid;
 
 use super::{Context, Out};
+use crate::config::Loaded;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::Manifest;
@@ -148,7 +149,7 @@ impl RestoreCommand {
                 // Refuse a bad target before touching the repository.
                 crate::restore::volume::check_target(&target)?;
                 let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
-                let id = resolve_backup(&repo, &args.backup)?;
+                let id = resolve_backup(ctx, &loaded, &repo, &args.backup)?;
                 let manifest = load_manifest(&repo, id)?;
                 if manifest.kind != "volume" {
                     return Err(Error::config(format!(
@@ -237,7 +238,7 @@ fn restore_resources(
         },
     };
     let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
-    let id = resolve_backup(&repo, &args.backup)?;
+    let id = resolve_backup(ctx, loaded, &repo, &args.backup)?;
     let manifest = load_manifest(&repo, id)?;
     res::check_backup(&manifest)?;
     let handle = tokio::runtime::Handle::current();
@@ -312,7 +313,7 @@ fn restore_etcd(
         etcd::check_output(o, args.force)?;
     }
     let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
-    let id = resolve_backup(&repo, &args.backup)?;
+    let id = resolve_backup(ctx, loaded, &repo, &args.backup)?;
     let manifest = load_manifest(&repo, id)?;
     let info = etcd::snapshot_info(&manifest)?.clone();
     let bar = super::progress::bytes(Some(manifest.entries[0].size), "restored");
@@ -401,27 +402,93 @@ fn restore_etcd(
     Ok(())
 }
 
-/// A backup id from a full id or a unique prefix, found in the bucket's
-/// manifests so that restore works with the catalog gone.
-pub(crate) fn resolve_backup(repo: &Repository, given: &str) -> Result<Uuid> {
-    if let Ok(id) = given.parse::<Uuid>() {
-        return Ok(id);
+/// The backup a reference names (see [`crate::reference`]), found in the
+/// bucket's manifests so that restore works with the catalog gone.
+/// `NAME@latest` needs the catalog. A reference the bucket does not hold
+/// is looked up in the catalog, when there is one, to say why (a backup
+/// that failed or was interrupted has no manifest).
+pub(crate) fn resolve_backup(
+    ctx: &Context,
+    loaded: &Loaded,
+    repo: &Repository,
+    given: &str,
+) -> Result<Uuid> {
+    use crate::reference::Reference;
+    let reference = Reference::parse(given)?;
+    if let Reference::Latest(_) = reference {
+        let row = catalog_lookup(ctx, loaded, given).map_err(|e| {
+            let what = e.what().to_string();
+            Error::new(e.kind(), what).with_guidance(
+                "NAME@latest needs the catalog; without it, `drctl backup list --from-bucket` \
+                 lists the backups in the bucket and their ids",
+            )
+        })?;
+        return Ok(row.id);
     }
-    let given_l = given.to_ascii_lowercase();
-    let matches: Vec<Uuid> = crate::verify::manifest_ids(repo)?
-        .into_iter()
-        .filter(|id| id.to_string().starts_with(&given_l))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Error::new(
-            ErrorKind::NotFound,
-            format!("no backup `{given}` in {}", repo.store.location()),
-        )
-        .with_guidance("`drctl backup list` shows the backups")),
-        _ => Err(Error::config(format!("backup id `{given}` is ambiguous"))
-            .with_guidance("give more characters of the id")),
+    let candidates: Vec<(Uuid, String)> = match reference {
+        // Present when a version of its manifest is (a delete marker on
+        // top hides nothing: restore reads the original).
+        Reference::Id(id) => repo
+            .store
+            .versions(&crate::repo::manifest::manifest_key(id))?
+            .iter()
+            .any(|v| !v.delete_marker)
+            .then(|| (id, String::new()))
+            .into_iter()
+            .collect(),
+        _ => crate::verify::manifest_ids(repo)?
+            .into_iter()
+            .filter(|id| reference.matches(id))
+            .map(|id| (id, String::new()))
+            .collect(),
+    };
+    let place = repo.store.location();
+    match reference.pick(given, candidates, &place) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(explain_missing(ctx, loaded, given, e)),
+        other => other,
     }
+}
+
+/// Why a backup the bucket does not hold is missing, when the catalog
+/// knows it; the original error otherwise.
+fn explain_missing(ctx: &Context, loaded: &Loaded, given: &str, missing: Error) -> Error {
+    let Ok(row) = catalog_lookup(ctx, loaded, given) else {
+        return missing;
+    };
+    if matches!(row.status.as_str(), "complete" | "partial") {
+        return missing;
+    }
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "backup {} ({} `{}`) is {}: it never finished, so there is nothing to restore{}",
+            row.id,
+            row.kind,
+            row.name,
+            row.status,
+            row.error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
+    )
+    .with_guidance(format!(
+        "restore the newest usable one: `drctl restore {} {}@latest`",
+        row.kind, row.name
+    ))
+}
+
+/// A backup from the catalog, from blocking code.
+fn catalog_lookup(
+    ctx: &Context,
+    loaded: &Loaded,
+    given: &str,
+) -> Result<crate::catalog::BackupRow> {
+    tokio::runtime::Handle::current().block_on(async {
+        let catalog = ctx.catalog(loaded).await?;
+        let repo = super::listing::repository_id(&catalog, loaded).await?;
+        catalog.find_backup(repo, given).await
+    })
 }
 
 pub(crate) fn load_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {

@@ -41,7 +41,7 @@ impl VerifyArgs {
         };
         let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
         let ids = match &self.backup {
-            Some(b) => vec![super::restore::resolve_backup(&repo, b)?],
+            Some(b) => vec![super::restore::resolve_backup(ctx, &loaded, &repo, b)?],
             None => Vec::new(),
         };
         let report = crate::verify::verify(&repo, &ids, share)?;

@@ -44,6 +44,14 @@ pub enum ClusterResources {
     False,
 }
 
+/// Whether a resource pattern names type `t`: its qualified name
+/// (`deployments.apps`), or without a dot its plural or kind in any group.
+fn type_hit(g: &Glob, t: &(impl TypeName + ?Sized)) -> bool {
+    let kind = t.kind().to_ascii_lowercase();
+    g.matches(&t.qualified())
+        || (!g.as_str().contains('.') && (g.matches(t.plural()) || g.matches(&kind)))
+}
+
 /// A shell-style pattern: `*` is any run of characters, `?` one character.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(String);
@@ -222,11 +230,7 @@ impl Scope {
     /// or the kind in any group (`deployments`, `deployment`).
     pub fn resource_selected(&self, t: &impl TypeName) -> bool {
         let qualified = t.qualified();
-        let kind = t.kind().to_ascii_lowercase();
-        let hit = |g: &Glob| {
-            g.matches(&qualified)
-                || (!g.as_str().contains('.') && (g.matches(t.plural()) || g.matches(&kind)))
-        };
+        let hit = |g: &Glob| type_hit(g, t);
         if self.exclude_resources.iter().any(hit) {
             return false;
         }
@@ -238,6 +242,25 @@ impl Scope {
                 .any(|g| g.is_literal() && hit(g));
         }
         self.include_resources.is_empty() || self.include_resources.iter().any(hit)
+    }
+
+    /// The `--include-namespaces` patterns that match none of `names`:
+    /// on restore, a typo that would otherwise restore nothing.
+    pub fn unmatched_namespaces<'a>(&'a self, names: &[&str]) -> Vec<&'a str> {
+        self.include_namespaces
+            .iter()
+            .filter(|g| !names.iter().any(|n| g.matches(n)))
+            .map(Glob::as_str)
+            .collect()
+    }
+
+    /// The `--include-resources` patterns that match none of `types`.
+    pub fn unmatched_resources<'a, T: TypeName>(&'a self, types: &[&T]) -> Vec<&'a str> {
+        self.include_resources
+            .iter()
+            .filter(|g| !types.iter().any(|t| type_hit(g, *t)))
+            .map(Glob::as_str)
+            .collect()
     }
 
     /// Whether every cluster-scoped object of a selected type is in scope

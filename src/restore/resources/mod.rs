@@ -85,9 +85,75 @@ fn type_of(o: &KubeObject) -> ResourceType {
     }
 }
 
+/// Refuses a scope with an include pattern that matches nothing in the
+/// backup (`--include-namespaces shopp`), naming what the backup holds:
+/// restoring nothing and exiting 0 would tell on-call the namespace is back.
+fn check_scope(manifest: &Manifest, scope: &Scope) -> Result<()> {
+    let mut namespaces: Vec<&str> = manifest
+        .objects
+        .iter()
+        .filter_map(|o| o.namespace.as_deref())
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let missing = scope.unmatched_namespaces(&namespaces);
+    if !missing.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "backup {} holds no namespace matching --include-namespaces {}",
+                manifest.backup_id,
+                missing.join(",")
+            ),
+        )
+        .with_guidance(format!("it holds: {}", listing(&namespaces))));
+    }
+    let mut types: Vec<&KubeObject> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for o in &manifest.objects {
+        if seen.insert(o.qualified()) {
+            types.push(o);
+        }
+    }
+    let missing = scope.unmatched_resources(&types);
+    if !missing.is_empty() {
+        let mut names: Vec<String> = types.iter().map(|t| t.qualified()).collect();
+        names.sort();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "backup {} holds no objects of --include-resources {}",
+                manifest.backup_id,
+                missing.join(",")
+            ),
+        )
+        .with_guidance(format!("it holds: {}", listing(&names))));
+    }
+    Ok(())
+}
+
+/// `a, b, c` (the first 30, then how many more).
+fn listing(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "nothing of that kind".into();
+    }
+    let mut s = names
+        .iter()
+        .take(30)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 30 {
+        s.push_str(&format!(" and {} more", names.len() - 30));
+    }
+    s
+}
+
 /// Reads the objects of the backup that may be in scope, each verified
 /// (pack hash, then chunk id) on the way. Blocking.
 pub fn load(repo: &Repository, manifest: &Manifest, scope: &Scope) -> Result<Vec<(usize, Value)>> {
+    check_scope(manifest, scope)?;
     let wanted: Vec<usize> = manifest
         .objects
         .iter()

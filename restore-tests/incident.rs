@@ -1,0 +1,376 @@
+//! The incident path: what on-call meets at 3 a.m. (issue 17). A stalled
+//! store ends a command with an error naming it; a backup whose process died
+//! does not stay `running`; `backup list` and `describe` answer from the
+//! catalog alone, and `--from-bucket` from the bucket alone; short ids and
+//! `NAME@latest` name backups; an ambiguous reference lists what it could
+//! mean.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::fault_proxy::{FaultProxy, Faults};
+use crate::harness::{self, VolumeEnv, services};
+
+/// Runs `cmd`, killing it (and failing the test) if it has not ended after
+/// `limit`: a liveness guard, not a timing assertion.
+fn run_or_hang(cmd: &mut std::process::Command, limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("drctl starts");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let _ = status;
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "drctl hung for {limit:?} on a stalled store:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A repository behind a proxy, with `timeout_seconds`.
+async fn s3_env(proxy: &FaultProxy, timeout: u32) -> VolumeEnv {
+    let bucket = harness::locked_bucket().await;
+    let repo = format!(
+        "  s3:\n    endpoint: {}\n    bucket: {}\n    force_path_style: true\n    \
+         retention_days: 1\n    timeout_seconds: {timeout}\n",
+        proxy.endpoint, bucket.name
+    );
+    VolumeEnv::with_repository(harness::Workspace::new(), &repo, &[]).await
+}
+
+/// A stalled S3 server (it accepts connections and never answers) ends a
+/// backup with an error naming the endpoint and the setting, warning on the
+/// way; the catalog-only views keep answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_ends_a_backup_with_an_error_naming_it() {
+    let proxy = FaultProxy::start(&services().s3_endpoint, Faults::none());
+    let env = s3_env(&proxy, 6).await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(5, 100_000)).unwrap();
+    let first = env.backup(&src, "web");
+
+    proxy.stall(true);
+    let (code, stdout, stderr) = run_or_hang(
+        env.cmd(&[
+            "backup",
+            "volume",
+            "--path",
+            src.to_str().unwrap(),
+            "--name",
+            "web",
+        ])
+        .env("DRCTL_LOG", "warn"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(4), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("{} did not answer within 6 s", proxy.endpoint)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("repository.s3.timeout_seconds"), "{stderr}");
+    assert!(
+        stderr.contains("an S3 request failed (no answer in time)"),
+        "{stderr}"
+    );
+
+    // The catalog answers without the store.
+    let (code, stdout, stderr) = run_or_hang(
+        &mut env.cmd(&["backup", "list", "-o", "json"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["id"], first["backup_id"], "{listed}");
+    let (code, stdout, stderr) = run_or_hang(
+        &mut env.cmd(&["backup", "describe", "web@latest"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("volume backup `web`"), "{stdout}");
+    proxy.stall(false);
+}
+
+/// A backup whose process was killed stops being `running` once its
+/// heartbeat is stale: it is marked `interrupted` with the reason, can be
+/// deleted, and restore says what it is instead of "no such backup".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_is_marked_interrupted_and_can_be_deleted() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(6, 50_000)).unwrap();
+    let good = env.backup(&src, "db");
+    // Many files, so the backup is still running when it is killed.
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("n{i}")), crate::tree::noise(i, 20_000)).unwrap();
+    }
+    let mut child = env
+        .cmd(&[
+            "backup",
+            "volume",
+            "--path",
+            src.to_str().unwrap(),
+            "--name",
+            "db",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backups WHERE status = 'running'")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(running, "the backup ended before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM backups WHERE status = 'running'")
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+
+    // Within the heartbeat window it is still running, and cannot go.
+    let (out, stdout, stderr) = harness::run(&mut env.cmd(&["backup", "delete", &id.to_string()]));
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("still running"), "{stderr}");
+
+    // Ten minutes without a heartbeat.
+    sqlx::query(
+        "UPDATE backups SET heartbeat_at = now() - interval '10 minutes', \
+         started_at = now() - interval '11 minutes' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    let listed = env.json(&["backup", "list", "--name", "db"]);
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id.to_string())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(row["status"], "interrupted", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat since"),
+        "{row}"
+    );
+
+    // Restore says what it is, and what to restore instead.
+    let (out, stdout, stderr) = env.restore(&id.to_string(), &env.ws.path("r"));
+    assert_eq!(out.status.code(), Some(7), "{stdout}{stderr}");
+    assert!(stderr.contains("is interrupted"), "{stderr}");
+    assert!(
+        stderr.contains("drctl restore volume db@latest"),
+        "{stderr}"
+    );
+    // And db@latest is the good one.
+    let (out, stdout, stderr) = env.restore("db@latest", &env.ws.path("latest"));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(good["backup_id"].as_str().unwrap()),
+        "{stdout}"
+    );
+
+    env.ok(&["backup", "delete", &id.to_string()]);
+    let listed = env.json(&["backup", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+/// Short ids (the random tail) name backups; a reference that could mean
+/// several lists them; the catalog records how long a backup took; the
+/// list filters and fits 100 columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_named_by_short_ids_and_listed_for_people() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(7, 300_000)).unwrap();
+    let a = env.backup(&src, "app-with-a-rather-long-name");
+    std::fs::write(src.join("g"), b"more").unwrap();
+    let b = env.backup(&src, "other");
+    let (a_id, b_id) = (
+        a["backup_id"].as_str().unwrap().to_string(),
+        b["backup_id"].as_str().unwrap().to_string(),
+    );
+
+    let listed = env.json(&["backup", "list"]);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let short = rows[0]["short_id"].as_str().unwrap();
+    assert_eq!(short.len(), 8);
+    assert!(a_id.replace('-', "").ends_with(short), "{a_id} {short}");
+    // The catalog says what the command said.
+    assert!(rows[0]["seconds"].as_f64().unwrap() > 0.0, "{listed}");
+    assert_eq!(rows[0]["bytes"], a["bytes"], "{listed}");
+    assert_eq!(rows[0]["source"], a["source"], "{listed}");
+
+    // The short id works anywhere a backup is named.
+    let d = env.json(&["backup", "describe", short]);
+    assert_eq!(d["id"], a_id.as_str());
+    let (out, stdout, stderr) = env.restore(short, &env.ws.path("by-short"));
+    assert!(out.status.success(), "{stdout}{stderr}");
+
+    // Two backups of the same minute share their first digits: the
+    // reference is ambiguous, and the error lists both.
+    let common: String = a_id
+        .chars()
+        .zip(b_id.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    assert!(common.len() >= 4, "{a_id} {b_id}");
+    let (out, stdout, stderr) = harness::run(&mut env.cmd(&["backup", "describe", &common]));
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("could mean 2 backups"), "{stderr}");
+    assert!(stderr.contains(&a_id) && stderr.contains(&b_id), "{stderr}");
+    let (out, stdout, stderr) = env.restore(&common, &env.ws.path("ambiguous"));
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("could mean 2 backups"), "{stderr}");
+
+    // Filters.
+    let only = env.json(&["backup", "list", "--name", "other"]);
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+    let latest = env.json(&["backup", "list", "--latest", "1"]);
+    assert_eq!(latest[0]["id"], b_id.as_str(), "{latest}");
+    let none = env.json(&["backup", "list", "--status", "failed"]);
+    assert_eq!(none.as_array().unwrap().len(), 0, "{none}");
+
+    // The table for people fits 100 columns, with human sizes.
+    let text = env.ok(&["backup", "list"]);
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(text.contains("KiB"), "{text}");
+    assert!(text.contains("app-with-a-rath…"), "{text}");
+    // The page for people.
+    let page = env.ok(&["backup", "describe", "other@latest"]);
+    for what in ["volume backup `other`", "took", "2 files", "no lock"] {
+        assert!(page.contains(what), "{what}: {page}");
+    }
+}
+
+/// With the catalog down, the backups are listed from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_listed_from_the_bucket_when_the_catalog_is_down() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::tree::noise(8, 10_000)).unwrap();
+    let a = env.backup(&src, "web");
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.db.url, "postgres://nobody@127.0.0.1:1/gone");
+    let down = env.ws.write("down.yaml", &config);
+    let cmd = |args: &[&str]| {
+        let mut c = harness::drctl();
+        c.arg("--config").arg(&down).args(args);
+        c
+    };
+    let (out, stdout, stderr) = harness::run(&mut cmd(&["backup", "list"]));
+    assert_eq!(out.status.code(), Some(4), "{stdout}{stderr}");
+    let (out, stdout, stderr) = harness::run(
+        cmd(&["backup", "list", "--from-bucket", "-o", "json"])
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["id"], a["backup_id"], "{listed}");
+    assert_eq!(listed[0]["name"], "web");
+    assert_eq!(listed[0]["bytes"], a["bytes"], "{listed}");
+}
+
+/// With `-o json`, a command line clap refuses is a JSON error on stdout
+/// too; the usage line never shows the global options as required (here
+/// `--config`, set through DRCTL_CONFIG, and `--format`).
+#[test]
+fn usage_errors_follow_the_output_format() {
+    let (out, stdout, stderr) = harness::run(
+        harness::drctl()
+            .args(["backup", "describe", "-o", "json"])
+            .env("DRCTL_CONFIG", "/nonexistent.yaml"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON error");
+    assert_eq!(v["error"]["kind"], "usage", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("<BACKUP>"),
+        "{v}"
+    );
+    let usage = v["error"]["guidance"].as_str().unwrap();
+    assert!(usage.contains("drctl backup describe <BACKUP>"), "{usage}");
+
+    let (out, _, stderr) = harness::run(
+        harness::drctl()
+            .args(["backup", "describe"])
+            .env("DRCTL_CONFIG", "/nonexistent.yaml"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Usage: drctl backup describe <BACKUP>"),
+        "{stderr}"
+    );
+}
+
+/// A catalog database that does not exist is a configuration error that
+/// says so, once.
+#[tokio::test]
+async fn a_missing_catalog_database_is_named_once() {
+    let env = VolumeEnv::new().await;
+    let url = services().pg_url.clone();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.db.url, &format!("{base}/drctl_no_such_db"));
+    let bad = env.ws.write("bad.yaml", &config);
+    let (out, stdout, stderr) = harness::run(
+        harness::drctl()
+            .arg("--config")
+            .arg(&bad)
+            .args(["backup", "list"]),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the catalog database does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("does not exist").count(),
+        1,
+        "said once: {stderr}"
+    );
+}
