@@ -374,3 +374,47 @@ async fn a_missing_catalog_database_is_named_once() {
         "said once: {stderr}"
     );
 }
+
+/// A restore host's configuration needs no catalog and no kubeconfig: the
+/// sections are required by the commands that use them. (A kubeconfig that
+/// does not exist used to block every command.)
+#[tokio::test]
+async fn a_restore_needs_neither_the_catalog_nor_a_kubeconfig() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"payload").unwrap();
+    let b = env.backup(&src, "web");
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let catalog_line = format!("catalog:\n  url: {}\n", env.db.url);
+    assert!(config.contains(&catalog_line), "{config}");
+    let config =
+        config.replace(&catalog_line, "") + "kubernetes:\n  kubeconfig: /nonexistent/kubeconfig\n";
+    let restore_only = env.ws.write("restore-only.yaml", &config);
+    let to = env.ws.path("restored");
+    let (out, stdout, stderr) = harness::run(
+        harness::drctl()
+            .arg("--config")
+            .arg(&restore_only)
+            .args([
+                "restore",
+                "volume",
+                b["backup_id"].as_str().unwrap(),
+                "--to",
+            ])
+            .arg(&to)
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(std::fs::read(to.join("f")).unwrap(), b"payload");
+    // A command that needs the catalog says so.
+    let (out, stdout, stderr) = harness::run(
+        harness::drctl()
+            .arg("--config")
+            .arg(&restore_only)
+            .args(["backup", "list"]),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("catalog.url is not set"), "{stderr}");
+}

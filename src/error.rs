@@ -106,6 +106,13 @@ impl Error {
         self
     }
 
+    /// Says where the error happened, in front of what it says: `backup
+    /// X failed: a catalog query failed`. Kind, causes and guidance stay.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.what = format!("{context}: {}", self.what);
+        self
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }

@@ -49,7 +49,11 @@ async fn or_fail<T>(
     match body.await {
         Ok(v) => Ok(v),
         Err(e) => {
-            let _ = catalog.fail_backup(id, &e.report()).await;
+            let e = e.context(format!("backup {id} failed"));
+            if let Err(not_recorded) = catalog.fail_backup(id, &e.report()).await {
+                tracing::warn!(backup = %id, error = %not_recorded.report(),
+                    "the failure could not be recorded: the backup shows as running until its heartbeat is stale, then as interrupted");
+            }
             Err(e)
         }
     }

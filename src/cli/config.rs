@@ -14,6 +14,9 @@ impl ConfigCommand {
         match self {
             ConfigCommand::Check => {
                 let loaded = ctx.load_config()?;
+                // The check is for the whole service: backups and the
+                // scheduler need the catalog, even if a restore does not.
+                loaded.config.catalog.url()?;
                 let overrides: Vec<_> = loaded
                     .overrides
                     .iter()

@@ -254,7 +254,7 @@ impl Context {
     }
 
     async fn catalog(&self, loaded: &Loaded) -> Result<Catalog> {
-        let catalog = Catalog::connect(loaded.config.catalog.url()).await?;
+        let catalog = Catalog::connect(loaded.config.catalog.url()?).await?;
         catalog.require_current().await?;
         Ok(catalog)
     }

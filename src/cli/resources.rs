@@ -79,16 +79,25 @@ impl ClusterArgs {
     }
 }
 
+/// `1 namespace`, `3 namespaces`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 pub(crate) fn render_backup(s: &crate::backup::ResourcesSummary) -> String {
     let mut t = format!(
-        "backup {} ({}) of {}: {}\n  {} objects of {} types in {} namespaces, {} new or changed ({} of {})\n  uploaded {} (packs {}, manifest {}) in {:.1} s ({:.0} objects/s)\n",
+        "backup {} ({}) of {}: {}\n  {} of {} in {}, {} new or changed ({} of {})\n  uploaded {} (packs {}, manifest {}) in {:.1} s ({:.0} objects/s)\n",
         s.backup_id,
         s.name,
         s.server,
         s.status,
-        s.objects,
-        s.types,
-        s.namespaces,
+        count(s.objects as usize, "object"),
+        count(s.types, "type"),
+        count(s.namespaces, "namespace"),
         s.new_objects,
         super::progress::human(s.new_bytes),
         super::progress::human(s.bytes),

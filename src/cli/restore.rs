@@ -32,7 +32,8 @@ pub(crate) enum RestoreCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct ResourcesArgs {
-    /// Backup id (or a unique prefix).
+    /// Backup: its id, short id (last 8 hex digits), first or last digits,
+    /// or NAME@latest (which needs the catalog).
     backup: String,
     #[command(flatten)]
     scope: super::resources::ScopeArgs,
@@ -68,7 +69,8 @@ pub(crate) struct ResourcesArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct EtcdArgs {
-    /// Backup id (or a unique prefix).
+    /// Backup: its id, short id (last 8 hex digits), first or last digits,
+    /// or NAME@latest (which needs the catalog).
     backup: String,
     /// Write the snapshot here, byte for byte as etcd sent it (SHA-256
     /// trailer included), for `etcdutl snapshot restore`.
@@ -105,7 +107,8 @@ pub(crate) struct EtcdArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct VolumeArgs {
-    /// Backup id (or a unique prefix).
+    /// Backup: its id, short id (last 8 hex digits), first or last digits,
+    /// or NAME@latest (which needs the catalog).
     backup: String,
     /// Directory to restore into; must be empty or absent unless --force.
     #[arg(

@@ -5,7 +5,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Verify only this backup (id or unique prefix); default: all.
+    /// Verify only this backup (id, short id, NAME@latest); default: all.
     backup: Option<String>,
     /// Also download and check data: every pack, or PCT percent of them
     /// chosen at random (`--read-data=10`).

@@ -160,9 +160,17 @@ pub struct CatalogConfig {
 }
 
 impl CatalogConfig {
-    /// The catalog URL. Only valid after [`Config::validate`].
-    pub fn url(&self) -> &SecretUrl {
-        self.url.as_ref().expect("validated: catalog.url is set")
+    /// The catalog URL, for the commands that use the catalog: only those
+    /// need it (a restore host may have none).
+    pub fn url(&self) -> crate::error::Result<&SecretUrl> {
+        self.url.as_ref().ok_or_else(|| {
+            crate::error::Error::config("catalog.url is not set, and this command uses the catalog")
+                .with_guidance(
+                    "set catalog.url in the configuration or DRCTL_CATALOG_URL \
+                     (postgres://user@host:5432/db); restores and `backup list --from-bucket` \
+                     work without it",
+                )
+        })
     }
 }
 
@@ -343,20 +351,16 @@ impl Config {
             ));
         }
 
-        let Some(url) = &self.catalog.url else {
-            return Err(ConfigError::new(
-                "catalog.url",
-                "missing; set it in the file or in the environment variable DRCTL_CATALOG_URL",
-            ));
-        };
-        url.validate_postgres("catalog.url")?;
+        // Sections are required by the commands that use them, not here:
+        // a restore host needs no catalog, a volume backup no kubeconfig.
+        // What is set must be well-formed.
+        if let Some(url) = &self.catalog.url {
+            url.validate_postgres("catalog.url")?;
+        }
 
         self.encryption.validate(&mut warnings)?;
         if let Some(etcd) = &self.etcd {
             etcd.validate()?;
-        }
-        if let Some(kc) = &self.kubernetes.kubeconfig {
-            require_file("kubernetes.kubeconfig", kc)?;
         }
         Ok(warnings)
     }

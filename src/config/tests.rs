@@ -89,7 +89,7 @@ fn environment_overrides_secrets_and_is_reported() {
     })
     .unwrap();
     assert_eq!(
-        loaded.config.catalog.url().expose(),
+        loaded.config.catalog.url().unwrap().expose(),
         "postgres://x:pw@other/db"
     );
     assert_eq!(

@@ -304,6 +304,18 @@ pub struct Identity(Vec<age::x25519::Identity>);
 impl Identity {
     /// Reads an identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the age identity can be read by other users: it decrypts every backup; chmod 600 it"
+                );
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::io(
                 e,
