@@ -418,3 +418,32 @@ async fn a_restore_needs_neither_the_catalog_nor_a_kubeconfig() {
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stderr.contains("catalog.url is not set"), "{stderr}");
 }
+
+/// `restore --force` over a directory with contents keeps what the backup
+/// does not hold, and says so.
+#[tokio::test]
+async fn a_forced_restore_says_what_it_left_in_place() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"from the backup").unwrap();
+    let b = env.backup(&src, "web");
+    let to = env.ws.path("target");
+    std::fs::create_dir_all(to.join("d")).unwrap();
+    std::fs::write(to.join("d/f"), b"old").unwrap();
+    std::fs::write(to.join("d/stray.log"), b"not in the backup").unwrap();
+    let id = b["backup_id"].as_str().unwrap();
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["restore", "volume", id, "--force", "--to"])
+            .arg(&to)
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 entry already in the target and not in the backup was left as it was (e.g. d/stray.log)"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(to.join("d/f")).unwrap(), b"from the backup");
+    assert!(to.join("d/stray.log").exists());
+}

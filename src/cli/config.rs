@@ -16,7 +16,12 @@ impl ConfigCommand {
                 let loaded = ctx.load_config()?;
                 // The check is for the whole service: backups and the
                 // scheduler need the catalog, even if a restore does not.
-                loaded.config.catalog.url()?;
+                loaded.config.catalog.url().map_err(|e| {
+                    e.context(format!(
+                        "invalid configuration in {}",
+                        loaded.path.display()
+                    ))
+                })?;
                 let overrides: Vec<_> = loaded
                     .overrides
                     .iter()

@@ -212,6 +212,16 @@ impl RestoreCommand {
                     for d in &summary.dropped {
                         t.push_str(&format!("  left out (--no-setuid): {d}\n"));
                     }
+                    if summary.left_in_place > 0 {
+                        t.push_str(&format!(
+                            "  note: {} entr{} already in the target and not in the backup {} left as {} (e.g. {}); the target is not an exact copy of the backup\n",
+                            summary.left_in_place,
+                            if summary.left_in_place == 1 { "y" } else { "ies" },
+                            if summary.left_in_place == 1 { "was" } else { "were" },
+                            if summary.left_in_place == 1 { "it was" } else { "they were" },
+                            summary.left_in_place_example.as_deref().unwrap_or("?")
+                        ));
+                    }
                     t
                 });
                 Ok(())

@@ -37,6 +37,13 @@ pub struct RestoreSummary {
     /// What `--no-setuid` left out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
+    /// Entries that were in the target before a `--force` restore and are
+    /// not in the backup: left as they were, so the target is not an exact
+    /// copy of the backup.
+    pub left_in_place: u64,
+    /// One of them, to show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_in_place_example: Option<String>,
 }
 
 /// Where restored data goes.
@@ -195,6 +202,8 @@ pub fn restore(
         packs_read: 0,
         warnings: Vec::new(),
         dropped: Vec::new(),
+        left_in_place: 0,
+        left_in_place_example: None,
     };
     let root = match target {
         Target::Block { path, .. } => {
@@ -205,6 +214,10 @@ pub fn restore(
     };
     summary.target = root.display().to_string();
     check_tree(manifest)?;
+    // A forced restore over contents (not over drctl's own interrupted
+    // restore, which is cleared) keeps what the backup does not hold.
+    let had_contents =
+        fs::read_dir(&root).is_ok_and(|mut d| d.next().is_some()) && !root.join(MARKER).exists();
     fs::create_dir_all(&root).map_err(io(format!(
         "cannot create restore target {}",
         root.display()
@@ -425,7 +438,39 @@ pub fn restore(
             root.display()
         )))?;
     }
+    if had_contents {
+        let (n, example) = not_in_backup(&root, manifest);
+        summary.left_in_place = n;
+        summary.left_in_place_example = example;
+    }
     Ok(summary)
+}
+
+/// Entries under `root` the manifest does not list (a directory counted
+/// once, not descended), and one of them. Links are not followed.
+fn not_in_backup(root: &Path, manifest: &Manifest) -> (u64, Option<String>) {
+    let listed: std::collections::HashSet<&str> =
+        manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    let (mut n, mut example) = (0u64, None);
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = rel.join(entry.file_name());
+            let name = crate::source::volume::escape(path.as_os_str().as_bytes());
+            if listed.contains(name.as_str()) {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                }
+            } else {
+                n += 1;
+                example.get_or_insert(name);
+            }
+        }
+    }
+    (n, example)
 }
 
 /// A block backup into a file or device the operator named.
