@@ -204,15 +204,24 @@ fn user_fields(mut o: Value) -> Value {
     o
 }
 
+/// (create, skip, update, recreate, fail): a restore's `summary`, or a
+/// dry run's `plan` (which never says "created").
 fn counts(report: &Value) -> (u64, u64, u64, u64, u64) {
-    let s = &report["summary"];
-    let n = |k: &str| s[k].as_u64().unwrap();
+    let dry = report["dry_run"] == true;
+    let s = if dry {
+        assert!(report.get("summary").is_none(), "{report:#}");
+        &report["plan"]
+    } else {
+        assert!(report.get("plan").is_none(), "{report:#}");
+        &report["summary"]
+    };
+    let n = |done: &str, planned: &str| s[if dry { planned } else { done }].as_u64().unwrap();
     (
-        n("created"),
-        n("skipped"),
-        n("updated"),
-        n("recreated"),
-        n("failed"),
+        n("created", "create"),
+        n("skipped", "skip"),
+        n("updated", "update"),
+        n("recreated", "recreate"),
+        n("failed", "cannot_restore"),
     )
 }
 

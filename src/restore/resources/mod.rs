@@ -51,10 +51,37 @@ pub struct Report {
     pub server: String,
     pub dry_run: bool,
     pub existing: Existing,
+    /// By outcome; by planned action on a dry run. Printed as `summary`
+    /// after a restore and as `plan` (create, skip, …) on a dry run, so a
+    /// script never reads "created" for what was not.
+    #[serde(skip)]
     pub summary: Counts,
+    #[serde(flatten)]
+    pub tally: Tally,
     pub steps: Vec<Step>,
     pub seconds: f64,
     pub objects_per_second: f64,
+}
+
+/// [`Report::summary`] as scripts read it.
+#[derive(Debug, Serialize)]
+pub enum Tally {
+    /// What a restore did.
+    #[serde(rename = "summary")]
+    Done(Counts),
+    /// What a dry run would do.
+    #[serde(rename = "plan")]
+    Planned(Planned),
+}
+
+/// A dry run's counts, named for what would happen.
+#[derive(Debug, Serialize)]
+pub struct Planned {
+    pub create: usize,
+    pub skip: usize,
+    pub update: usize,
+    pub recreate: usize,
+    pub cannot_restore: usize,
 }
 
 /// Requests in flight while applying one phase.
@@ -810,6 +837,17 @@ pub async fn restore(
         dry_run,
         existing: opts.existing,
         objects_per_second: steps.len() as f64 / seconds.max(1e-9),
+        tally: if dry_run {
+            Tally::Planned(Planned {
+                create: summary.created,
+                skip: summary.skipped,
+                update: summary.updated,
+                recreate: summary.recreated,
+                cannot_restore: summary.failed,
+            })
+        } else {
+            Tally::Done(summary.clone())
+        },
         summary,
         steps,
         seconds,
