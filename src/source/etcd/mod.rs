@@ -103,11 +103,28 @@ fn read_pem(key: &str, path: &Path, label: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// An etcd-client error in one line for people: a gRPC status is its
+/// message and code (its Display dumps the metadata map and details).
+pub(crate) fn brief(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message().trim();
+            let code = status.code().description();
+            if message.is_empty() {
+                code.to_string()
+            } else {
+                format!("{message} ({code})")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A one-line reason for a connection failure, naming the TLS file at fault
 /// where the error says which check failed. etcd-client's errors carry only
 /// the transport's text: nothing of the request, so nothing secret.
 fn explain(cfg: &EtcdConfig, e: &etcd_client::Error) -> String {
-    let mut text = e.to_string();
+    let mut text = brief(e);
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let t = s.to_string();
@@ -216,8 +233,10 @@ impl Member {
         Error::new(
             ErrorKind::Unavailable,
             format!(
-                "etcd member {} ({}) failed to {what}: {e}",
-                self.status.member_id, self.status.endpoint
+                "etcd member {} ({}) failed to {what}: {}",
+                self.status.member_id,
+                self.status.endpoint,
+                brief(&e)
             ),
         )
     }
@@ -372,4 +391,20 @@ async fn probe(
         },
         client,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A gRPC status prints as one line: its message, then its code in
+    /// words (its Display quotes both and may add metadata and details).
+    #[test]
+    fn a_grpc_status_is_one_readable_line() {
+        let status = tonic::Status::unavailable("error trying to connect: tcp connect error");
+        let e = etcd_client::Error::GRpcStatus(status);
+        let said = super::brief(&e);
+        assert_eq!(
+            said,
+            "error trying to connect: tcp connect error (The service is currently unavailable)"
+        );
+    }
 }
