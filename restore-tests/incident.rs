@@ -447,3 +447,23 @@ async fn a_forced_restore_says_what_it_left_in_place() {
     assert_eq!(std::fs::read(to.join("d/f")).unwrap(), b"from the backup");
     assert!(to.join("d/stray.log").exists());
 }
+
+/// An identity others can read is warned about once, when it is used,
+/// however it was given (config or --identity).
+#[tokio::test]
+async fn a_readable_identity_is_warned_about_once() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let b = env.backup(&src, "web");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.identity, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (out, stdout, stderr) = env.restore(b["backup_id"].as_str().unwrap(), &env.ws.path("r"));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.matches("can be read by other users").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -460,10 +460,10 @@ impl EncryptionConfig {
                  (`drctl key generate` prints one)",
             ));
         }
-        if let Some(file) = &self.identity_file {
-            require_file("encryption.identity_file", file)?;
-            warn_if_readable_by_others("encryption.identity_file", file, warnings);
-        }
+        // An identity file is checked where it is used (it must exist, and
+        // a group- or world-readable one is warned about once, by
+        // `Identity::from_file`, whether it came from here or --identity).
+
         if let Some(file) = &self.repository_secret_file {
             // `drctl repo init` writes it, so it may not exist yet.
             if file.exists() {

@@ -110,23 +110,6 @@ fn environment_overrides_secrets_and_is_reported() {
 }
 
 #[test]
-fn identity_readable_by_others_is_a_warning_with_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let id = write(dir.path(), "id.txt", "AGE-SECRET-KEY-1\n");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).unwrap();
-    // minimal() ends inside `encryption:`, so this adds to that section.
-    let path = write(dir.path(), "c.yaml", &minimal("  identity_file: id.txt\n"));
-    let loaded = Config::load_with_env(&path, no_env).unwrap();
-    assert_eq!(loaded.warnings.len(), 1);
-    assert!(
-        loaded.warnings[0].contains("chmod 600"),
-        "{:?}",
-        loaded.warnings
-    );
-}
-
-#[test]
 fn a_restore_only_config_needs_no_recipients() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "id.txt", "AGE-SECRET-KEY-1\n");
