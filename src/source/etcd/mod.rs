@@ -124,7 +124,8 @@ pub(crate) fn brief(e: &etcd_client::Error) -> String {
 /// where the error says which check failed. etcd-client's errors carry only
 /// the transport's text: nothing of the request, so nothing secret.
 fn explain(cfg: &EtcdConfig, e: &etcd_client::Error) -> String {
-    let mut text = brief(e);
+    // The whole text: a TLS failure's cause is only in the status's Display.
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let t = s.to_string();
