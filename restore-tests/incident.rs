@@ -467,3 +467,78 @@ async fn a_readable_identity_is_warned_about_once() {
         "{stderr}"
     );
 }
+
+/// A catalog that stops answering in the middle of a backup (PostgreSQL
+/// stopped: connections stay open, nothing comes back) ends the backup
+/// with an error naming the catalog and the setting, within
+/// `catalog.timeout_seconds`, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_catalog_ends_a_backup_with_an_error() {
+    let env = VolumeEnv::new().await;
+    let url = url::Url::parse(&env.db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let proxy = crate::harness::tcp_stall::TcpStall::start(&upstream);
+    let mut via = url.clone();
+    via.set_port(Some(
+        proxy.addr.rsplit_once(':').unwrap().1.parse().unwrap(),
+    ))
+    .unwrap();
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.db.url, via.as_str())
+        .replace("catalog:\n", "catalog:\n  timeout_seconds: 5\n");
+    let stalling = env.ws.write("stalling.yaml", &config);
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("n{i}")), crate::tree::noise(i, 20_000)).unwrap();
+    }
+    let mut cmd = harness::drctl();
+    cmd.arg("--config")
+        .arg(&stalling)
+        .args([
+            "backup",
+            "volume",
+            "--path",
+            src.to_str().unwrap(),
+            "--name",
+            "db",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.ws.path("stderr.txt")).unwrap());
+    let child = cmd.spawn().unwrap();
+    // Stall once the backup is recorded as running (seen directly, not
+    // through the proxy).
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backups WHERE status = 'running'")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.stall(true);
+    // A liveness guard, not a timing assertion: killed after 120 s.
+    let mut child = child;
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("drctl hung on a stalled catalog");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(env.ws.path("stderr.txt")).unwrap();
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("the catalog did not answer within 5 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("catalog.timeout_seconds"), "{stderr}");
+    // The files the stopped backup never reached are one line, not one each.
+    assert!(stderr.lines().count() < 20, "{stderr}");
+    proxy.stall(false);
+}

@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod fault_proxy;
 pub mod flip_proxy;
 mod services;
+pub mod tcp_stall;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::Bounded as _;
 use super::{Catalog, query_error};
 use crate::error::Result;
 
@@ -82,6 +83,7 @@ impl Catalog {
         .bind(name)
         .bind(parent)
         .execute(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         // The heartbeat: while the row is `running` and this process lives.
@@ -95,6 +97,7 @@ impl Catalog {
                 )
                 .bind(id)
                 .execute(&pool)
+                .bounded()
                 .await;
                 match beat {
                     Ok(r) if r.rows_affected() == 0 => break,
@@ -116,7 +119,7 @@ impl Catalog {
         parent: Option<Uuid>,
         items: &[ItemRow],
     ) -> Result<PendingItems> {
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         let (reused, sent): (Vec<&ItemRow>, Vec<&ItemRow>) = items
             .iter()
             .partition(|i| i.from_parent && parent.is_some());
@@ -134,6 +137,7 @@ impl Catalog {
             .bind(parent)
             .bind(&names)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(query_error)?
             .rows_affected();
@@ -171,6 +175,7 @@ impl Catalog {
         .bind(id)
         .bind(packs)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         sqlx::query(
@@ -184,9 +189,10 @@ impl Catalog {
         .bind(error)
         .bind(retain_until)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)
+        tx.commit().bounded().await.map_err(query_error)
     }
 
     /// Adds to a finished backup's stats what is known only once its run
@@ -197,6 +203,7 @@ impl Catalog {
             .bind(id)
             .bind(more)
             .execute(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
         Ok(())
@@ -212,6 +219,7 @@ impl Catalog {
         .bind(id)
         .bind(error)
         .execute(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         Ok(())
@@ -236,6 +244,7 @@ impl Catalog {
         .bind(kind)
         .bind(name)
         .fetch_optional(self.pool())
+        .bounded()
         .await
         .map_err(query_error)
     }
@@ -255,6 +264,7 @@ impl Catalog {
         .bind(backup)
         .bind(item_type)
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)
     }
@@ -278,6 +288,7 @@ impl Catalog {
         ))
         .bind(repo)
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         for id in &ids {
@@ -305,6 +316,7 @@ impl Catalog {
         .bind(filter.since)
         .bind(filter.latest.map_or(i64::MAX, |n| n as i64))
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         rows.reverse();
@@ -322,6 +334,7 @@ impl Catalog {
             )
             .bind(row.id)
             .fetch_all(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
             let per_kind: Vec<(String, i64)> = sqlx::query_as(
@@ -330,6 +343,7 @@ impl Catalog {
             )
             .bind(row.id)
             .fetch_all(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
             let objects: i64 = per_ns.iter().map(|(_, n)| n).sum();
@@ -346,6 +360,7 @@ impl Catalog {
         )
         .bind(row.id)
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         let count = |t: &[&str]| -> i64 {
@@ -401,6 +416,7 @@ impl Catalog {
             .bind(name),
         }
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         let candidates = rows
@@ -460,6 +476,7 @@ pub(super) async fn insert_items<T: std::borrow::Borrow<ItemRow>>(
         .bind(&sizes)
         .bind(&attrs)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
     }

@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::Bounded as _;
 use super::{BackupRow, Catalog, query_error};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -41,6 +42,7 @@ async fn gc_lock(tx: &mut sqlx::PgConnection, repo: Uuid) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7342))")
         .bind(repo)
         .execute(tx)
+        .bounded()
         .await
         .map_err(query_error)?;
     Ok(())
@@ -76,6 +78,7 @@ impl Catalog {
         sqlx::query("UPDATE backups SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
             .bind(row.id)
             .execute(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
         Ok(row)
@@ -86,7 +89,7 @@ impl Catalog {
     /// referenced again).
     pub async fn gc_mark(&self, repo: Uuid) -> Result<Marked> {
         self.mark_interrupted(repo).await?;
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         gc_lock(&mut tx, repo).await?;
         let expired: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE backups SET deleted_at = now() WHERE repository_id = $1 AND deleted_at IS NULL \
@@ -94,6 +97,7 @@ impl Catalog {
         )
         .bind(repo)
         .fetch_all(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         // A deleted backup references nothing.
@@ -103,6 +107,7 @@ impl Catalog {
         )
         .bind(repo)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         let unmarked = sqlx::query(concat!(
@@ -112,6 +117,7 @@ impl Catalog {
         ))
         .bind(repo)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?
         .rows_affected();
@@ -123,6 +129,7 @@ impl Catalog {
         ))
         .bind(repo)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?
         .rows_affected();
@@ -135,10 +142,11 @@ impl Catalog {
         )
         .bind(repo)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?
         .rows_affected();
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().bounded().await.map_err(query_error)?;
         Ok(Marked {
             expired,
             marked: packs + manifests,
@@ -159,6 +167,7 @@ impl Catalog {
             sqlx::query_scalar("SELECT count(*) FROM gc_candidates WHERE repository_id = $1")
                 .bind(repo)
                 .fetch_one(self.pool())
+                .bounded()
                 .await
                 .map_err(query_error)?;
         let ready: Vec<Sweepable> = sqlx::query_as(concat!(
@@ -178,6 +187,7 @@ impl Catalog {
         .bind(repo)
         .bind(grace)
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         let waiting = (all as u64).saturating_sub(ready.len() as u64);
@@ -188,7 +198,7 @@ impl Catalog {
     /// still unreferenced; returns whether it was. A swept manifest takes
     /// its deleted backup's rows with it.
     pub async fn gc_forget(&self, repo: Uuid, key: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         gc_lock(&mut tx, repo).await?;
         let live: bool = sqlx::query_scalar(concat!(
             "SELECT EXISTS (SELECT 1 FROM packs p WHERE p.repository_id = $1 AND p.key = $2 AND ",
@@ -199,6 +209,7 @@ impl Catalog {
         .bind(repo)
         .bind(key)
         .fetch_one(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         let still_marked: bool = sqlx::query_scalar(
@@ -207,6 +218,7 @@ impl Catalog {
         .bind(repo)
         .bind(key)
         .fetch_one(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         if live || !still_marked {
@@ -214,9 +226,10 @@ impl Catalog {
                 .bind(repo)
                 .bind(key)
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(query_error)?;
-            tx.commit().await.map_err(query_error)?;
+            tx.commit().bounded().await.map_err(query_error)?;
             return Ok(false);
         }
         for sql in [
@@ -234,10 +247,11 @@ impl Catalog {
                 .bind(repo)
                 .bind(key)
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(query_error)?;
         }
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().bounded().await.map_err(query_error)?;
         Ok(true)
     }
 
@@ -252,12 +266,13 @@ impl Catalog {
         keys: &[String],
         grace: chrono::Duration,
     ) -> Result<Vec<String>> {
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         gc_lock(&mut tx, repo).await?;
         sqlx::query("DELETE FROM gc_sightings WHERE repository_id = $1 AND NOT (key = ANY($2))")
             .bind(repo)
             .bind(keys)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(query_error)?;
         sqlx::query(
@@ -267,6 +282,7 @@ impl Catalog {
         .bind(repo)
         .bind(keys)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
         let ripe: Vec<String> = sqlx::query_scalar(concat!(
@@ -281,9 +297,10 @@ impl Catalog {
         .bind(repo)
         .bind(grace)
         .fetch_all(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().bounded().await.map_err(query_error)?;
         Ok(ripe)
     }
 
@@ -294,12 +311,14 @@ impl Catalog {
             sqlx::query_scalar("SELECT key FROM packs WHERE repository_id = $1")
                 .bind(repo)
                 .fetch_all(self.pool())
+                .bounded()
                 .await
                 .map_err(query_error)?;
         let backups: Vec<Uuid> =
             sqlx::query_scalar("SELECT id FROM backups WHERE repository_id = $1")
                 .bind(repo)
                 .fetch_all(self.pool())
+                .bounded()
                 .await
                 .map_err(query_error)?;
         Ok(KnownObjects {

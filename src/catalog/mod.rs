@@ -32,6 +32,47 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
 
+/// The longest one catalog call may take, in seconds
+/// (`catalog.timeout_seconds`, set at connect). A PostgreSQL that stops
+/// answering mid-query (stopped, a network that drops packets silently) is
+/// given up on after it: the kernel keeps acknowledging a stopped server's
+/// socket, so only a timeout in drctl can tell.
+static CALL_TIMEOUT_SECS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_CALL_TIMEOUT_SECS);
+
+/// `catalog.timeout_seconds` when not set.
+pub const DEFAULT_CALL_TIMEOUT_SECS: u64 = 60;
+
+/// A catalog call, bounded by [`CALL_TIMEOUT_SECS`]: past it, the call
+/// fails as a timed-out I/O error (and so as "unavailable").
+pub(crate) trait Bounded<T>:
+    std::future::Future<Output = std::result::Result<T, sqlx::Error>> + Sized
+{
+    fn bounded(
+        self,
+    ) -> impl std::future::Future<Output = std::result::Result<T, sqlx::Error>> + Send
+    where
+        Self: Send,
+        T: Send,
+    {
+        async move {
+            let secs = CALL_TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed);
+            match tokio::time::timeout(Duration::from_secs(secs), self).await {
+                Ok(r) => r,
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the catalog did not answer within {secs} s (catalog.timeout_seconds)"),
+                ))),
+            }
+        }
+    }
+}
+
+impl<T, F> Bounded<T> for F where
+    F: std::future::Future<Output = std::result::Result<T, sqlx::Error>>
+{
+}
+
 /// The catalog schema, from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -53,6 +94,13 @@ impl Catalog {
     /// Connects to the catalog at `url`. Fails fast (10 s) when the server is
     /// unreachable, so an operator is not left staring at a silent terminal.
     pub async fn connect(url: &SecretUrl) -> Result<Self> {
+        Self::connect_with_timeout(url, DEFAULT_CALL_TIMEOUT_SECS).await
+    }
+
+    /// [`Catalog::connect`], with every later call bounded by
+    /// `timeout_secs`.
+    pub async fn connect_with_timeout(url: &SecretUrl, timeout_secs: u64) -> Result<Self> {
+        CALL_TIMEOUT_SECS.store(timeout_secs, std::sync::atomic::Ordering::Relaxed);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -91,11 +139,13 @@ impl Catalog {
         let table: Option<String> =
             sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
                 .fetch_one(&self.pool)
+                .bounded()
                 .await
                 .map_err(query_error)?;
         let applied: Vec<i64> = match table {
             Some(_) => sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
+                .bounded()
                 .await
                 .map_err(query_error)?,
             None => Vec::new(),
@@ -170,5 +220,15 @@ fn connect_error(url: &SecretUrl, e: sqlx::Error) -> Error {
 }
 
 pub(crate) fn query_error(e: sqlx::Error) -> Error {
-    Error::new(ErrorKind::Unavailable, "a catalog query failed").with_source(e)
+    let timed_out = matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+        || matches!(&e, sqlx::Error::PoolTimedOut);
+    let err = Error::new(ErrorKind::Unavailable, "a catalog query failed").with_source(e);
+    if timed_out {
+        err.with_guidance(
+            "check that PostgreSQL (catalog.url) is up and answering; a backup that was running \
+             is marked failed, or interrupted once its heartbeat is stale",
+        )
+    } else {
+        err
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::Bounded as _;
 use super::{Catalog, ItemRow, query_error};
 use crate::error::Result;
 
@@ -40,9 +41,13 @@ impl GcLock {
         if let Some(mut conn) = self.0.take() {
             sqlx::query("SELECT pg_advisory_unlock_all()")
                 .execute(&mut conn)
+                .bounded()
                 .await
                 .map_err(query_error)?;
-            sqlx::Connection::close(conn).await.map_err(query_error)?;
+            sqlx::Connection::close(conn)
+                .bounded()
+                .await
+                .map_err(query_error)?;
         }
         Ok(())
     }
@@ -57,10 +62,17 @@ impl Catalog {
     /// transaction (`catalog::gc`); session and transaction advisory locks on
     /// one key exclude each other. Waits while a `gc` transaction runs.
     pub async fn hold_gc_lock(&self, repo: Uuid) -> Result<GcLock> {
-        let mut conn = self.pool().acquire().await.map_err(query_error)?.detach();
+        let mut conn = self
+            .pool()
+            .acquire()
+            .bounded()
+            .await
+            .map_err(query_error)?
+            .detach();
         sqlx::query("SELECT pg_advisory_lock(hashtextextended($1::text, 7342))")
             .bind(repo)
             .execute(&mut conn)
+            .bounded()
             .await
             .map_err(query_error)?;
         Ok(GcLock(Some(conn)))
@@ -71,6 +83,7 @@ impl Catalog {
         let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM backups WHERE repository_id = $1")
             .bind(repo)
             .fetch_all(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
         Ok(ids.into_iter().collect())
@@ -86,7 +99,7 @@ impl Catalog {
         b: &RebuiltBackup<'_>,
         items: &[ItemRow],
     ) -> Result<bool> {
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         let inserted = sqlx::query(
             "INSERT INTO backups (id, repository_id, kind, name, status, parent_id, started_at, \
                finished_at, retain_until, manifest_key, stats, error) \
@@ -108,11 +121,12 @@ impl Catalog {
         .bind(b.stats)
         .bind(b.error)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(query_error)?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await.map_err(query_error)?;
+            tx.rollback().bounded().await.map_err(query_error)?;
             return Ok(false);
         }
         super::backups::insert_items(&mut tx, b.id, items).await?;
@@ -121,9 +135,10 @@ impl Catalog {
             .bind(repo)
             .bind(b.packs)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().bounded().await.map_err(query_error)?;
         Ok(true)
     }
 
@@ -140,6 +155,7 @@ impl Catalog {
             .bind(repo)
             .bind(packs)
             .execute(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?
             .rows_affected())

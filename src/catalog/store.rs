@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use super::Bounded as _;
 use super::{Catalog, query_error};
 use crate::error::Result;
 use crate::repo::manifest::ChunkLocation;
@@ -22,6 +23,7 @@ impl Catalog {
         .bind(location)
         .bind(config.format_version as i32)
         .execute(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         Ok(config.id)
@@ -34,6 +36,7 @@ impl Catalog {
         sqlx::query_scalar("SELECT id FROM repositories WHERE location = $1")
             .bind(location)
             .fetch_optional(self.pool())
+            .bounded()
             .await
             .map_err(query_error)
     }
@@ -46,6 +49,7 @@ impl Catalog {
         )
         .bind(repo)
         .fetch_all(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         Ok(rows
@@ -68,7 +72,7 @@ impl Catalog {
         index: &[IndexEntry],
     ) -> Result<u64> {
         let key = meta.key.as_str();
-        let mut tx = self.pool().begin().await.map_err(query_error)?;
+        let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         sqlx::query(
             "INSERT INTO packs (repository_id, key, size, sha256, version_id, lock_mode, retain_until) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -85,7 +89,7 @@ impl Catalog {
         .bind(&meta.lock_mode)
         .bind(meta.retain_until)
         .execute(&mut *tx)
-        .await
+        .bounded().await
         .map_err(query_error)?;
         let mut added = 0;
         for batch in index.chunks(10_000) {
@@ -106,11 +110,11 @@ impl Catalog {
             .bind(&lengths)
             .bind(&raws)
             .execute(&mut *tx)
-            .await
+            .bounded().await
             .map_err(query_error)?
             .rows_affected();
         }
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().bounded().await.map_err(query_error)?;
         Ok(added)
     }
 
@@ -138,7 +142,7 @@ impl Catalog {
         .bind(&meta.lock_mode)
         .bind(meta.retain_until)
         .execute(self.pool())
-        .await
+        .bounded().await
         .map_err(query_error)?;
         Ok(())
     }
@@ -164,7 +168,7 @@ impl Catalog {
         )
         .bind(repo)
         .fetch_all(self.pool())
-        .await
+        .bounded().await
         .map_err(query_error)
     }
 
@@ -184,6 +188,7 @@ impl Catalog {
         .bind(key)
         .bind(until)
         .execute(self.pool())
+        .bounded()
         .await
         .map_err(query_error)?;
         Ok(())
@@ -205,6 +210,7 @@ impl Catalog {
             .bind(repo)
             .bind(&keys)
             .fetch_all(self.pool())
+            .bounded()
             .await
             .map_err(query_error)?;
             for (id, pack, offset, length, raw) in rows {

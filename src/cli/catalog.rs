@@ -27,7 +27,11 @@ impl CatalogCommand {
         let loaded = ctx.load_config()?;
         match self {
             CatalogCommand::Migrate => {
-                let catalog = Catalog::connect(loaded.config.catalog.url()?).await?;
+                let catalog = Catalog::connect_with_timeout(
+                    loaded.config.catalog.url()?,
+                    loaded.config.catalog.timeout_seconds,
+                )
+                .await?;
                 let applied = catalog.migrate().await?;
                 out.emit(&serde_json::json!({ "applied": applied }), || {
                     if applied.is_empty() {
@@ -41,7 +45,11 @@ impl CatalogCommand {
                 });
             }
             CatalogCommand::Status => {
-                let catalog = Catalog::connect(loaded.config.catalog.url()?).await?;
+                let catalog = Catalog::connect_with_timeout(
+                    loaded.config.catalog.url()?,
+                    loaded.config.catalog.timeout_seconds,
+                )
+                .await?;
                 let states = catalog.status().await?;
                 let pending = states.iter().filter(|m| !m.applied).count();
                 out.emit(

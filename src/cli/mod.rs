@@ -254,7 +254,11 @@ impl Context {
     }
 
     async fn catalog(&self, loaded: &Loaded) -> Result<Catalog> {
-        let catalog = Catalog::connect(loaded.config.catalog.url()?).await?;
+        let catalog = Catalog::connect_with_timeout(
+            loaded.config.catalog.url()?,
+            loaded.config.catalog.timeout_seconds,
+        )
+        .await?;
         catalog.require_current().await?;
         Ok(catalog)
     }

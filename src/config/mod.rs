@@ -151,12 +151,29 @@ pub struct LocalConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     /// `postgres://user[:password]@host:port/db`; or env `DRCTL_CATALOG_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<SecretUrl>,
+    /// The longest one catalog call may take (5 to 3600 s): a PostgreSQL
+    /// that stops answering ends the command with an error, not a hang.
+    #[serde(default = "default_catalog_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_catalog_timeout() -> u64 {
+    crate::catalog::DEFAULT_CALL_TIMEOUT_SECS
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            url: None,
+            timeout_seconds: default_catalog_timeout(),
+        }
+    }
 }
 
 impl CatalogConfig {
@@ -356,6 +373,15 @@ impl Config {
         // What is set must be well-formed.
         if let Some(url) = &self.catalog.url {
             url.validate_postgres("catalog.url")?;
+        }
+        if !(5..=3600).contains(&self.catalog.timeout_seconds) {
+            return Err(ConfigError::new(
+                "catalog.timeout_seconds",
+                &format!(
+                    "{} is out of range; expected 5 to 3600 seconds",
+                    self.catalog.timeout_seconds
+                ),
+            ));
         }
 
         self.encryption.validate(&mut warnings)?;

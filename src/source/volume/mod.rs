@@ -198,9 +198,7 @@ pub fn read(
                 failed.entry(task.entry).or_insert(e);
             }
             None => {
-                failed
-                    .entry(task.entry)
-                    .or_insert_with(|| "not read".into());
+                failed.entry(task.entry).or_insert_with(|| NOT_READ.into());
             }
         }
     }
@@ -216,6 +214,9 @@ pub fn read(
     Ok(scan)
 }
 
+/// Why a file has no data when the pipeline stopped before reading it.
+const NOT_READ: &str = "not read";
+
 /// Removes entries whose data could not be read (and the other names of
 /// those files), reporting each as a problem.
 fn drop_failed(scan: &mut Scan, failed: HashMap<usize, String>) {
@@ -223,10 +224,21 @@ fn drop_failed(scan: &mut Scan, failed: HashMap<usize, String>) {
     let mut dropped: Vec<String> = Vec::new();
     let mut failed: Vec<_> = failed.into_iter().collect();
     failed.sort();
+    // Files never reached because the pipeline stopped (its error is what
+    // the run reports) are one line in the log, not one line each.
+    let unreached = failed.iter().filter(|(_, e)| e == NOT_READ).count();
+    if unreached > 0 {
+        tracing::warn!(
+            files = unreached,
+            "not read: the backup stopped before reaching them"
+        );
+    }
     for (entry, error) in failed {
         keep[entry] = false;
         let path = scan.entries[entry].path.clone();
-        tracing::warn!(%path, %error, "not backed up");
+        if error != NOT_READ {
+            tracing::warn!(%path, %error, "not backed up");
+        }
         scan.problems.push(Problem {
             path: path.clone(),
             error: format!("vanished or unreadable: {error}"),
