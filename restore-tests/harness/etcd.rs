@@ -29,21 +29,51 @@ pub fn etcd_binary() -> PathBuf {
 
 impl Etcd {
     /// A new single-member cluster with an empty keyspace.
+    ///
+    /// Ports are picked by binding and closing, so another process may take
+    /// one before etcd binds it: a start that fails on "address already in
+    /// use" is tried again on new ports (on a fresh data directory).
     pub fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let peer_url = format!("http://127.0.0.1:{}", free_port());
-        let name = "drctl-t".to_string();
-        let cluster = format!("{name}={peer_url}");
-        let mut etcd = Self::spawn(
-            &name,
-            &dir.path().join("data"),
-            &peer_url,
-            &cluster,
-            dir.path(),
-            &[],
-        );
-        etcd._dir = Some(dir);
-        etcd
+        for attempt in 0.. {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let peer_url = format!("http://127.0.0.1:{}", free_port());
+            let name = "drctl-t".to_string();
+            let cluster = format!("{name}={peer_url}");
+            let mut etcd = Self::spawn(
+                &name,
+                &dir.path().join("data"),
+                &peer_url,
+                &cluster,
+                dir.path(),
+                &[],
+            );
+            // etcd binds its ports first thing: a clash shows at once.
+            let deadline = Instant::now() + Duration::from_millis(1500);
+            let mut clashed = false;
+            let client_addr = etcd
+                .client_url
+                .rsplit_once("://")
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            while Instant::now() < deadline {
+                // Listening on its client port: the ports are its own.
+                if std::net::TcpStream::connect(&client_addr).is_ok() {
+                    break;
+                }
+                if let Ok(Some(_)) = etcd.child.try_wait() {
+                    let said = std::fs::read_to_string(&etcd.log).unwrap_or_default();
+                    clashed = said.contains("address already in use");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if clashed && attempt < 3 {
+                continue;
+            }
+            etcd._dir = Some(dir);
+            return etcd;
+        }
+        unreachable!("returns or retries")
     }
 
     /// etcd on a data directory made by `snapshot restore` for member
