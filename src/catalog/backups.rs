@@ -328,31 +328,27 @@ impl Catalog {
     /// volume the files, directories and other entries.
     pub async fn contents(&self, row: &BackupRow) -> Result<serde_json::Value> {
         if row.kind == "resources" {
-            let per_ns: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT COALESCE(attrs->>'namespace', ''), count(*) FROM backup_items \
-                 WHERE backup_id = $1 GROUP BY 1 ORDER BY 1",
+            // One pass over the items: counts per (namespace, kind).
+            let groups: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT COALESCE(attrs->>'namespace', ''), COALESCE(attrs->>'kind', '?'), count(*) \
+                 FROM backup_items WHERE backup_id = $1 GROUP BY 1, 2",
             )
             .bind(row.id)
             .fetch_all(self.pool())
             .bounded()
             .await
             .map_err(query_error)?;
-            let per_kind: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT COALESCE(attrs->>'kind', '?'), count(*) FROM backup_items \
-                 WHERE backup_id = $1 GROUP BY 1 ORDER BY 1",
-            )
-            .bind(row.id)
-            .fetch_all(self.pool())
-            .bounded()
-            .await
-            .map_err(query_error)?;
-            let objects: i64 = per_ns.iter().map(|(_, n)| n).sum();
+            let mut per_ns = std::collections::BTreeMap::<String, i64>::new();
+            let mut per_kind = std::collections::BTreeMap::<String, i64>::new();
+            for (ns, kind, n) in groups {
+                *per_ns.entry(ns).or_default() += n;
+                *per_kind.entry(kind).or_default() += n;
+            }
+            let objects: i64 = per_ns.values().sum();
             return Ok(serde_json::json!({
                 "objects": objects,
-                "namespaces": per_ns.into_iter().map(|(k, n)| (k, serde_json::Value::from(n)))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
-                "types": per_kind.into_iter().map(|(k, n)| (k, serde_json::Value::from(n)))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+                "namespaces": per_ns,
+                "types": per_kind,
             }));
         }
         let per_type: Vec<(String, i64)> = sqlx::query_as(

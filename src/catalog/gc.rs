@@ -177,12 +177,9 @@ impl Catalog {
              FROM gc_candidates c \
              LEFT JOIN packs p ON p.repository_id = c.repository_id AND p.key = c.key \
              LEFT JOIN objects o ON o.repository_id = c.repository_id AND o.key = c.key \
-             WHERE c.repository_id = $1 AND c.marked_at <= now() - $2 \
-               AND NOT EXISTS (SELECT 1 FROM backups r WHERE r.repository_id = c.repository_id \
-                 AND r.status = 'running' AND r.started_at <= c.marked_at \
-                 AND COALESCE(r.heartbeat_at, r.started_at) > now() - interval '",
-            alive_within!(),
-            "') ORDER BY c.key"
+             WHERE c.repository_id = $1 AND c.marked_at <= now() - $2 AND NOT ",
+            held_by_live_backup!("c.marked_at"),
+            " ORDER BY c.key"
         ))
         .bind(repo)
         .bind(grace)
@@ -287,12 +284,9 @@ impl Catalog {
         .map_err(query_error)?;
         let ripe: Vec<String> = sqlx::query_scalar(concat!(
             "SELECT s.key FROM gc_sightings s \
-             WHERE s.repository_id = $1 AND s.first_seen_at <= now() - $2 \
-               AND NOT EXISTS (SELECT 1 FROM backups r WHERE r.repository_id = s.repository_id \
-                 AND r.status = 'running' AND r.started_at <= s.first_seen_at \
-                 AND COALESCE(r.heartbeat_at, r.started_at) > now() - interval '",
-            alive_within!(),
-            "') ORDER BY s.key"
+             WHERE s.repository_id = $1 AND s.first_seen_at <= now() - $2 AND NOT ",
+            held_by_live_backup!("s.first_seen_at"),
+            " ORDER BY s.key"
         ))
         .bind(repo)
         .bind(grace)

@@ -16,6 +16,22 @@ macro_rules! alive_within {
     };
 }
 
+/// SQL: a running backup of repository `$1` that started at or before
+/// `$since` (a column) and is still alive exists. What such a backup may
+/// still record or dedup against is held back from gc.
+macro_rules! held_by_live_backup {
+    ($since:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM backups r WHERE r.repository_id = $1 \
+               AND r.status = 'running' AND r.started_at <= ",
+            $since,
+            " AND COALESCE(r.heartbeat_at, r.started_at) > now() - interval '",
+            alive_within!(),
+            "')"
+        )
+    };
+}
+
 mod backups;
 mod gc;
 pub mod rebuild;
