@@ -110,7 +110,7 @@ impl ListArgs {
         }
         let catalog = ctx.catalog(loaded).await?;
         // No row for the repository yet: nothing was recorded there.
-        let location = super::open_store(&loaded.config)?.location();
+        let location = super::store_location(&loaded.config);
         let Some(repo) = catalog.repository_at(&location).await? else {
             return Ok(Vec::new());
         };
@@ -133,7 +133,7 @@ impl ListArgs {
 /// The repository id the catalog records for the configured location:
 /// catalog-only commands need no object store.
 pub(crate) async fn repository_id(catalog: &Catalog, loaded: &Loaded) -> Result<Uuid> {
-    let location = super::open_store(&loaded.config)?.location();
+    let location = super::store_location(&loaded.config);
     catalog.repository_at(&location).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::NotFound,
@@ -279,7 +279,7 @@ pub(crate) async fn describe(ctx: &Context, loaded: &Loaded, given: &str) -> Res
     let contents = catalog.contents(&row).await?;
     Ok(Described {
         listed: Listed::from(&row),
-        repository: super::open_store(&loaded.config)?.location(),
+        repository: super::store_location(&loaded.config),
         contents,
     })
 }

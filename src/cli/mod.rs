@@ -272,6 +272,15 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Where the configured repository is, as the catalog records it, without
+/// connecting to it: catalog-only commands need no store client.
+fn store_location(config: &Config) -> String {
+    match config.repository.backend() {
+        Backend::Local(local) => crate::store::local::location(&local.path),
+        Backend::S3(s3) => crate::store::s3::location(&s3.bucket, &s3.prefix),
+    }
+}
+
 /// Opens the repository with what the configuration (and flags) hold. A
 /// writer holds recipients and the repository secret and never loads an
 /// identity, even one the configuration names (a config shared with restore

@@ -352,8 +352,13 @@ impl Store for LocalStore {
     }
 
     fn location(&self) -> String {
-        format!("file://{}", self.root.display())
+        location(&self.root)
     }
+}
+
+/// Where a repository in directory `root` is: `file:///path`.
+pub fn location(root: &Path) -> String {
+    format!("file://{}", root.display())
 }
 
 fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(&str, &fs::Metadata)) -> std::io::Result<()> {

@@ -911,8 +911,14 @@ impl Store for S3Store {
     }
 
     fn location(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+        location(&self.bucket, &self.prefix)
     }
+}
+
+/// Where a repository in `bucket` under `prefix` is, as the catalog
+/// records it: `s3://bucket/prefix/`.
+pub fn location(bucket: &str, prefix: &str) -> String {
+    format!("s3://{bucket}/{}", normalise_prefix(prefix))
 }
 
 /// `cluster-1` and `cluster-1/` name the same folder (docs/configuration.md):
