@@ -11,35 +11,86 @@ use std::time::{Duration, Instant};
 use crate::harness::fault_proxy::{FaultProxy, Faults};
 use crate::harness::{self, VolumeEnv, services};
 
-/// Runs `cmd`, killing it (and failing the test) if it has not ended after
-/// `limit`: a liveness guard, not a timing assertion.
-fn run_or_hang(cmd: &mut std::process::Command, limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+/// A drctl started with its output in files under a directory (a pipe
+/// nobody reads fills up and blocks it).
+struct Started {
+    child: std::process::Child,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+fn start_logged(cmd: &mut std::process::Command, dir: &std::path::Path) -> Started {
+    let name = harness::unique("run-");
+    let (stdout, stderr) = (
+        dir.join(format!("{name}.out")),
+        dir.join(format!("{name}.err")),
+    );
+    let child = cmd
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .expect("drctl starts");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            let _ = status;
-            return (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            );
+    Started {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for `started` to end, killing it (and failing the test) if it has
+/// not after `limit`: a liveness guard, not a timing assertion.
+fn finish_or_hang(mut started: Started, limit: Duration) -> (Option<i32>, String, String) {
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = started.child.try_wait().unwrap() {
+            break status;
         }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+        if since.elapsed() > limit {
+            let _ = started.child.kill();
+            let _ = started.child.wait();
             panic!(
-                "drctl hung for {limit:?} on a stalled store:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                "drctl hung for {limit:?}:\n{}",
+                std::fs::read_to_string(&started.stderr).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status.code(), read(&started.stdout), read(&started.stderr))
+}
+
+fn run_or_hang(
+    cmd: &mut std::process::Command,
+    dir: &std::path::Path,
+    limit: Duration,
+) -> (Option<i32>, String, String) {
+    finish_or_hang(start_logged(cmd, dir), limit)
+}
+
+/// 3,000 files of 20 kB in `dir`: a backup of them runs long enough to be
+/// caught while running.
+fn many_files(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..3000 {
+        std::fs::write(dir.join(format!("n{i}")), crate::tree::noise(i, 20_000)).unwrap();
+    }
+}
+
+/// Waits until the catalog (read directly) shows one running backup;
+/// false if `child` ended first.
+async fn caught_running(env: &VolumeEnv, child: &mut std::process::Child) -> bool {
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backups WHERE status = 'running'")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+        if n == 1 {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -77,6 +128,7 @@ async fn a_stalled_store_ends_a_backup_with_an_error_naming_it() {
             "web",
         ])
         .env("DRCTL_LOG", "warn"),
+        env.ws.dir.path(),
         Duration::from_secs(120),
     );
     assert_eq!(code, Some(4), "{stdout}{stderr}");
@@ -93,6 +145,7 @@ async fn a_stalled_store_ends_a_backup_with_an_error_naming_it() {
     // The catalog answers without the store.
     let (code, stdout, stderr) = run_or_hang(
         &mut env.cmd(&["backup", "list", "-o", "json"]),
+        env.ws.dir.path(),
         Duration::from_secs(120),
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -100,6 +153,7 @@ async fn a_stalled_store_ends_a_backup_with_an_error_naming_it() {
     assert_eq!(listed[0]["id"], first["backup_id"], "{listed}");
     let (code, stdout, stderr) = run_or_hang(
         &mut env.cmd(&["backup", "describe", "web@latest"]),
+        env.ws.dir.path(),
         Duration::from_secs(120),
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -118,9 +172,7 @@ async fn a_killed_backup_is_marked_interrupted_and_can_be_deleted() {
     std::fs::write(src.join("f"), crate::tree::noise(6, 50_000)).unwrap();
     let good = env.backup(&src, "db");
     // Many files, so the backup is still running when it is killed.
-    for i in 0..3000 {
-        std::fs::write(src.join(format!("n{i}")), crate::tree::noise(i, 20_000)).unwrap();
-    }
+    many_files(&src);
     let mut child = env
         .cmd(&[
             "backup",
@@ -134,19 +186,7 @@ async fn a_killed_backup_is_marked_interrupted_and_can_be_deleted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let running = loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backups WHERE status = 'running'")
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
-        if n == 1 {
-            break true;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let running = caught_running(&env, &mut child).await;
     assert!(running, "the backup ended before it could be killed");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -489,50 +529,23 @@ async fn a_stalled_catalog_ends_a_backup_with_an_error() {
         .replace("catalog:\n", "catalog:\n  timeout_seconds: 5\n");
     let stalling = env.ws.write("stalling.yaml", &config);
     let src = env.ws.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..3000 {
-        std::fs::write(src.join(format!("n{i}")), crate::tree::noise(i, 20_000)).unwrap();
-    }
+    many_files(&src);
     let mut cmd = harness::drctl();
-    cmd.arg("--config")
-        .arg(&stalling)
-        .args([
-            "backup",
-            "volume",
-            "--path",
-            src.to_str().unwrap(),
-            "--name",
-            "db",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(env.ws.path("stderr.txt")).unwrap());
-    let child = cmd.spawn().unwrap();
+    cmd.arg("--config").arg(&stalling).args([
+        "backup",
+        "volume",
+        "--path",
+        src.to_str().unwrap(),
+        "--name",
+        "db",
+    ]);
+    let mut started = start_logged(&mut cmd, env.ws.dir.path());
     // Stall once the backup is recorded as running (seen directly, not
     // through the proxy).
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM backups WHERE status = 'running'")
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
-        if n == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(caught_running(&env, &mut started.child).await);
     proxy.stall(true);
-    // A liveness guard, not a timing assertion: killed after 120 s.
-    let mut child = child;
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("drctl hung on a stalled catalog");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = child.wait().unwrap();
-    let stderr = std::fs::read_to_string(env.ws.path("stderr.txt")).unwrap();
-    assert_eq!(status.code(), Some(4), "{stderr}");
+    let (code, _, stderr) = finish_or_hang(started, Duration::from_secs(120));
+    assert_eq!(code, Some(4), "{stderr}");
     assert!(
         stderr.contains("the catalog did not answer within 5 s"),
         "{stderr}"
