@@ -167,6 +167,9 @@ async fn new_versions_of_secret_config_and_manifest_are_never_trusted() {
         etcd: None,
         objects: Vec::new(),
         object_table: None,
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
     };
     put_version(&bucket, &manifest, forged.seal(&fake, &recipients)).await;
 

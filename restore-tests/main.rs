@@ -11,6 +11,8 @@ mod cli;
 mod etcd;
 mod fault_proxy;
 mod incident;
+mod legacy;
+mod listing;
 mod rebuild;
 mod resources;
 mod restore_safety;

@@ -65,6 +65,15 @@ async fn items(env: &VolumeEnv) -> ItemRows {
 }
 
 /// The packs the backups reference: (backup, pack key).
+/// The data packs (not tree packs) of `packs`: those over 64 KiB here.
+fn data_packs(env: &VolumeEnv, packs: &[(uuid::Uuid, String)]) -> Vec<(uuid::Uuid, String)> {
+    packs
+        .iter()
+        .filter(|p| std::fs::metadata(env.repo().join(&p.1)).unwrap().len() > 64 << 10)
+        .cloned()
+        .collect()
+}
+
 async fn backup_packs(env: &VolumeEnv) -> Vec<(uuid::Uuid, String)> {
     sqlx::query_as("SELECT backup_id, pack_key FROM backup_packs ORDER BY 1, 2")
         .fetch_all(&env.db.pool)
@@ -442,6 +451,9 @@ async fn forged_manifests_are_reported_and_left_out() {
         etcd: None,
         objects: Vec::new(),
         object_table: None,
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
     };
     let forged_key = format!("manifests/{forged_id}");
     std::fs::write(
@@ -566,7 +578,7 @@ async fn damaged_and_missing_packs_are_reported_and_not_trusted() {
     }
     let backup_a = env.backup(&a, "a");
     env.backup(&b, "b");
-    let packs = backup_packs(&env).await;
+    let packs = data_packs(&env, &backup_packs(&env).await);
     let pack_of = |id: &Value| {
         let id: uuid::Uuid = id.as_str().unwrap().parse().unwrap();
         packs.iter().find(|p| p.0 == id).unwrap().1.clone()
@@ -592,7 +604,7 @@ async fn damaged_and_missing_packs_are_reported_and_not_trusted() {
     assert_eq!(out.status.code(), Some(8), "{stdout}{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["backups_rebuilt"], 2, "{report}");
-    assert_eq!(report["packs"], 0, "{report}");
+    assert_eq!(report["packs"], 2, "the tree packs: {report}");
     let reported = report["damaged_packs"].as_array().unwrap();
     assert_eq!(reported.len(), 2, "{report}");
     let reason = |key: &str| {
@@ -607,8 +619,15 @@ async fn damaged_and_missing_packs_are_reported_and_not_trusted() {
     assert!(reason(&damaged).contains("SHA-256"), "{report}");
     assert!(reason(&missing).contains("not in the bucket"), "{report}");
     assert_eq!(report["warnings"].as_array().unwrap().len(), 2, "{report}");
+    // Only the two tree packs are recorded, each linked to its backup.
     let c = counts(&env).await;
-    assert_eq!((c["packs"], c["chunks"], c["backup_packs"]), (0, 0, 0));
+    assert_eq!((c["packs"], c["backup_packs"]), (2, 2), "{c:?}");
+    let data_chunks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM chunks WHERE raw_length > 1000000")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(data_chunks, 0);
 
     // Nothing damaged is deduplicated against: the data is stored again.
     let again = env.backup(&a, "a");
@@ -679,8 +698,9 @@ async fn a_second_rebuild_completes_what_the_first_could_not_read() {
     std::fs::write(src.join("data.bin"), crate::tree::noise(3, 1 << 20)).unwrap();
     env.backup(&src, "v");
     let linked = backup_packs(&env).await;
-    assert_eq!(linked.len(), 1);
-    let pack = env.repo().join(&linked[0].1);
+    assert_eq!(linked.len(), 2, "a data pack and a tree pack: {linked:?}");
+    let data = data_packs(&env, &linked);
+    let pack = env.repo().join(&data[0].1);
     let aside = env.ws.path("pack-aside");
     std::fs::rename(&pack, &aside).unwrap();
 
@@ -695,11 +715,11 @@ async fn a_second_rebuild_completes_what_the_first_could_not_read() {
     ]);
     let (out, stdout, stderr) = harness::run(&mut cmd);
     assert_eq!(out.status.code(), Some(8), "{stdout}{stderr}");
-    assert!(backup_packs(&env).await.is_empty());
+    assert_eq!(backup_packs(&env).await.len(), 1, "the tree pack alone");
 
     std::fs::rename(&aside, &pack).unwrap();
     let report = rebuild(&env);
     assert_eq!(report["backups_present"], 1, "{report}");
-    assert_eq!(report["packs"], 1, "{report}");
+    assert_eq!(report["packs"], 2, "{report}");
     assert_eq!(backup_packs(&env).await, linked);
 }

@@ -262,6 +262,8 @@ async fn a_new_version_under_a_pack_key_is_never_restored() {
         .find(|o| o.0.starts_with("packs/"))
         .unwrap()
         .0;
+    // Whichever pack it is (data or the listing's tree pack), the original
+    // is what is read.
     let until = S3Time::from_secs((Utc::now() + chrono::Duration::days(1)).timestamp());
     bucket
         .client

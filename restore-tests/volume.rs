@@ -285,6 +285,9 @@ async fn forged_manifest_is_rejected_and_wrong_identity_refused() {
         etcd: None,
         objects: Vec::new(),
         object_table: None,
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
     };
     overwrite(&key_path, &forged.seal(&fake_secret, &recipients));
     let (out, _, stderr) = env.restore(&id.to_string(), &env.ws.path("out"));

@@ -39,10 +39,9 @@ use uuid::Uuid;
 use crate::catalog::rebuild::RebuiltBackup;
 use crate::catalog::{Catalog, ItemRow};
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{ChunkLocation, Entry, EntryKind, Manifest, manifest_key};
+use crate::repo::manifest::{EntryKind, Manifest, manifest_key};
 use crate::repo::pack::{IndexEntry, OpenPack, pack_key};
 use crate::repo::{CONFIG_KEY, Identity, Repository, SECRET_KEY};
-use crate::source::volume::{Stamp, StampExtent};
 use crate::store::{ObjectMeta, Store, sha256};
 
 /// Packs read at once. Reading a pack is a download (S3) or a disk read,
@@ -409,7 +408,12 @@ async fn rebuild_backups(
             continue;
         }
 
-        let referenced: BTreeSet<String> = manifest.chunks.iter().map(|c| c.pack.clone()).collect();
+        let referenced: BTreeSet<String> = manifest
+            .chunks
+            .iter()
+            .map(|c| c.pack.clone())
+            .chain(manifest.packs.iter().cloned())
+            .collect();
         let absent: Vec<&String> = referenced.iter().filter(|p| !packs.contains(*p)).collect();
         if !absent.is_empty() {
             report.warnings.push(format!(
@@ -441,7 +445,7 @@ async fn rebuild_backups(
             }
             p => p,
         };
-        let items = items(&manifest, packs);
+        let items = items(&manifest);
         let stats = stats(&manifest, referenced.len());
         let error = manifest.problems.first().map(|p| {
             format!(
@@ -451,6 +455,12 @@ async fn rebuild_backups(
                 p.error
             )
         });
+        // A backup whose packs are not all here is no base for the next
+        // incremental: its files are read again, and what was lost stored.
+        let tree = manifest
+            .tree
+            .filter(|_| !missing_packs.iter().any(|p| referenced.contains(p)))
+            .map(|t| t.to_hex());
         let row = RebuiltBackup {
             id,
             kind: &manifest.kind,
@@ -464,6 +474,7 @@ async fn rebuild_backups(
             stats: &stats,
             error: error.as_deref(),
             packs: &referenced,
+            tree: tree.as_deref(),
         };
         if catalog.rebuild_backup(repo_id, &row, &items).await? {
             report.backups_rebuilt += 1;
@@ -524,12 +535,10 @@ fn started_at(id: Uuid) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// The catalog items of a manifest, as the backup recorded them: for a file,
-/// the stamp the next incremental compares (see `backup::run_volume`).
-/// `packs` are the packs recorded: a file with data in any other pack gets
-/// no stamp, so the next backup reads it again and stores what was lost
-/// instead of referring to chunks the catalog does not have.
-fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
+/// The catalog items of a manifest: an etcd snapshot's, a resources
+/// backup's objects, a volume backup of format 1's entries. A volume backup
+/// with trees has none: its listing is in the repository.
+fn items(m: &Manifest) -> Vec<ItemRow> {
     if let (Some(info), [entry]) = (&m.etcd, m.entries.as_slice()) {
         return vec![crate::backup::etcd::item(entry.size, info)];
     }
@@ -543,50 +552,9 @@ fn items(m: &Manifest, packs: &HashSet<String>) -> Vec<ItemRow> {
             item: e.path.clone(),
             item_type: e.kind.as_str().to_string(),
             size: e.size as i64,
-            attrs: match e.kind {
-                EntryKind::File => stamp(e, &m.chunks, packs),
-                _ => serde_json::json!({}),
-            },
+            attrs: serde_json::json!({}),
         })
         .collect()
-}
-
-/// The stamp of a file entry. Its change time and inode come from the
-/// manifest when the manifest records them; without them (or when the
-/// file's data is in a pack not recorded) the attributes do not make a
-/// stamp, and the next backup reads the file again (what is stored already
-/// is deduplicated).
-fn stamp(e: &Entry, chunks: &[ChunkLocation], packs: &HashSet<String>) -> serde_json::Value {
-    let extents: Vec<StampExtent> = e
-        .extents
-        .iter()
-        .map(|x| StampExtent {
-            offset: x.offset,
-            length: x.length,
-            // check() made sure every index is in range.
-            chunks: x.chunks.iter().map(|&c| chunks[c as usize].id).collect(),
-        })
-        .collect();
-    let stored = e
-        .extents
-        .iter()
-        .flat_map(|x| &x.chunks)
-        .all(|&c| packs.contains(&chunks[c as usize].pack));
-    match e.ctime_ns.zip(e.ino).filter(|_| stored) {
-        Some((ctime_ns, ino)) => serde_json::to_value(Stamp {
-            size: e.size,
-            mtime_ns: e.mtime_ns,
-            ctime_ns,
-            ino,
-            extents,
-        })
-        .expect("stamps serialise"),
-        None => serde_json::json!({
-            "size": e.size,
-            "mtime_ns": e.mtime_ns,
-            "extents": extents,
-        }),
-    }
 }
 
 /// The stats of a rebuilt backup: what its manifest tells (the run's own
@@ -596,12 +564,14 @@ fn stats(m: &Manifest, packs: usize) -> serde_json::Value {
         "backup_id": m.backup_id,
         "status": m.status,
         "parent": m.parent,
-        "files": m
-            .entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
-            .count(),
-        "bytes": m.entries.iter().map(|e| e.size).sum::<u64>(),
+        "files": m.totals.as_ref().map_or_else(
+            || m.entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
+                .count() as u64,
+            |t| t.files,
+        ),
+        "bytes": m.totals.as_ref().map_or_else(|| m.entries.iter().map(|e| e.size).sum::<u64>(), |t| t.bytes),
         "objects": m.objects.len(),
         "chunks": m.chunks.len(),
         "packs": packs,

@@ -9,7 +9,11 @@
 //! - the full id;
 //! - any run of at least 4 hex digits the id starts or ends with (dashes
 //!   optional), the short id being the usual one;
-//! - `NAME@latest`: the newest usable backup named NAME (catalog only).
+//! - `NAME@latest`: the newest usable backup named NAME (catalog only);
+//! - `NAME@TIME`: the newest usable backup named NAME started at or before
+//!   TIME, in UTC: `2026-12-01T10:00`, with seconds and a `Z` optional, or a
+//!   day alone (`2026-12-01`: the last backup of that day). What the volume
+//!   looked like then, without looking up an id (catalog only).
 //!
 //! A reference that matches several backups is an error listing them.
 
@@ -39,6 +43,28 @@ pub enum Reference {
     Partial(String),
     /// The newest usable backup named so.
     Latest(String),
+    /// The newest usable backup named so, started at or before the time.
+    At(String, chrono::DateTime<chrono::Utc>),
+}
+
+/// `2026-12-01T10:00[:00][Z]` or `2026-12-01` (its last second), in UTC.
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .map(|t| t.and_utc())
 }
 
 impl Reference {
@@ -50,6 +76,16 @@ impl Reference {
                 return Err(bad(given));
             }
             return Ok(Reference::Latest(name.to_string()));
+        }
+        if let Some((name, time)) = given.rsplit_once('@') {
+            let at = parse_time(time)
+                .filter(|_| !name.is_empty())
+                .ok_or_else(|| {
+                    bad(given).with_guidance(
+                    "NAME@latest, or NAME@TIME with TIME in UTC as 2026-12-01T10:00 or 2026-12-01",
+                )
+                })?;
+            return Ok(Reference::At(name.to_string(), at));
         }
         if let Ok(id) = given.parse::<Uuid>() {
             return Ok(Reference::Id(id));
@@ -70,7 +106,7 @@ impl Reference {
                 let full = id.simple().to_string();
                 full.starts_with(hex.as_str()) || full.ends_with(hex.as_str())
             }
-            Reference::Latest(_) => false,
+            Reference::Latest(_) | Reference::At(..) => false,
         }
     }
 
@@ -116,7 +152,8 @@ fn bad(given: &str) -> Error {
     )
     .with_guidance(
         "give a backup id, its short id (the last 8 hex digits, as `drctl backup list` shows), \
-         at least 4 of its first or last hex digits, or NAME@latest",
+         at least 4 of its first or last hex digits, NAME@latest, or NAME@2026-12-01T10:00 \
+         (the newest backup at that time, UTC)",
     )
 }
 
@@ -141,6 +178,24 @@ mod tests {
             Reference::Latest("web".into())
         );
         assert_eq!(Reference::parse(&a.to_string()).unwrap(), Reference::Id(a));
+    }
+
+    #[test]
+    fn name_at_a_time_takes_minutes_seconds_or_a_whole_day() {
+        let at = |s: &str| match Reference::parse(s).unwrap() {
+            Reference::At(n, t) => (n, t.to_rfc3339()),
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(
+            at("db@2026-12-01T10:00"),
+            ("db".into(), "2026-12-01T10:00:00+00:00".into())
+        );
+        assert_eq!(at("db@2026-12-01T10:00:30Z").1, "2026-12-01T10:00:30+00:00");
+        assert_eq!(at("db@2026-12-01").1, "2026-12-01T23:59:59+00:00");
+        assert_eq!(at("a@b@2026-12-01").0, "a@b");
+        for bad in ["db@yesterday", "@2026-12-01", "db@2026-13-01"] {
+            assert!(Reference::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! snapshot's: when a compaction ran in between, they are left unrecorded
 //! (and said so) rather than recorded wrong.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,14 +73,13 @@ pub async fn backup_etcd(
         db_size = member.status.db_size,
         "etcd member chosen"
     );
-    let (id, known) = super::start(&repo, catalog, "etcd", name).await?;
+    let id = super::start(&repo, catalog, "etcd", name).await?;
     let run = run(
         repo,
         catalog,
         id,
         name,
         member,
-        known,
         zstd_level,
         retain_until,
         progress,
@@ -104,7 +103,6 @@ async fn run(
     id: Uuid,
     name: &str,
     mut member: Member,
-    known: HashSet<ChunkId>,
     zstd_level: i32,
     retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
@@ -121,9 +119,15 @@ async fn run(
     let (repo2, catalog2, ep2) = (repo.clone(), catalog.clone(), endpoint.clone());
     let (streamed, written, stats) = tokio::task::spawn_blocking(move || {
         let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
-            snapshot::read(stream, &handle, &ep2, sink, &*progress)
-        })
+        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
+        write(
+            &repo2,
+            &stored,
+            zstd_level,
+            retain_until,
+            &on_pack,
+            |sink| snapshot::read(stream, &handle, &ep2, sink, &*progress),
+        )
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
@@ -220,6 +224,9 @@ async fn run(
         etcd: Some(info.clone()),
         objects: Vec::new(),
         object_table: None,
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
     };
     let summary = EtcdSummary {
         backup_id: id,

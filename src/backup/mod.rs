@@ -68,22 +68,45 @@ async fn final_stats(catalog: &Catalog, id: Uuid, more: serde_json::Value) {
     }
 }
 
-/// Records a backup of `kind` named `name` as running; returns its id and
-/// the chunks the repository already holds (what dedup skips).
-async fn start(
-    repo: &Repository,
-    catalog: &Catalog,
-    kind: &str,
-    name: &str,
-) -> Result<(Uuid, std::collections::HashSet<ChunkId>)> {
+/// Records a backup of `kind` named `name` as running; returns its id.
+async fn start(repo: &Repository, catalog: &Catalog, kind: &str, name: &str) -> Result<Uuid> {
     let repo_id = catalog
         .ensure_repository(&repo.config, &repo.store.location())
         .await?;
-    let known = catalog.known_chunks(repo_id).await?;
     let id = Uuid::now_v7();
     catalog.start_backup(id, repo_id, kind, name, None).await?;
     tracing::info!(backup = %id, %kind, %name, "backup started");
-    Ok((id, known))
+    Ok(id)
+}
+
+/// What the repository stores, as the catalog records it, asked from the
+/// pipeline's thread: dedup with one query per batch of chunks, and no
+/// set of every chunk id in memory.
+pub(crate) struct CatalogStored<'a> {
+    handle: &'a tokio::runtime::Handle,
+    catalog: &'a Catalog,
+    repo_id: Uuid,
+}
+
+impl<'a> CatalogStored<'a> {
+    pub(crate) fn new(
+        handle: &'a tokio::runtime::Handle,
+        catalog: &'a Catalog,
+        repo_id: Uuid,
+    ) -> Self {
+        CatalogStored {
+            handle,
+            catalog,
+            repo_id,
+        }
+    }
+}
+
+impl crate::repo::writer::Stored for CatalogStored<'_> {
+    fn stored(&self, ids: &[ChunkId]) -> Result<std::collections::HashSet<ChunkId>> {
+        self.handle
+            .block_on(self.catalog.stored_chunks(self.repo_id, ids))
+    }
 }
 
 /// Records each stored pack in the catalog, from the pipeline's thread.
@@ -115,11 +138,6 @@ impl ChunkList {
             order.push(id);
             (order.len() - 1) as u32
         })
-    }
-
-    /// The index of a chunk already added.
-    fn index_of(&self, id: &ChunkId) -> u32 {
-        self.index[id]
     }
 }
 
@@ -165,6 +183,14 @@ fn write_items(
     }))
 }
 
+/// No item rows: what a volume backup writes, its listing being in trees.
+async fn no_items(catalog: &Catalog) -> Result<ItemsWriting> {
+    let catalog = catalog.clone();
+    Ok(ItemsWriting(tokio::spawn(async move {
+        catalog.write_items(Uuid::nil(), None, &[]).await
+    })))
+}
+
 /// The shared end of a backup: everything it references is locked until
 /// `retain_until` (the packs it shares with older backups, the config and the
 /// keys), its manifest is stored (locked too), and the catalog marks it
@@ -190,6 +216,7 @@ async fn seal_and_finish(
         .iter()
         .chain(more)
         .map(|c| c.pack.clone())
+        .chain(manifest.packs.iter().cloned())
         .collect();
     packs.sort();
     packs.dedup();
@@ -222,7 +249,9 @@ async fn seal_and_finish(
     };
     catalog.record_object(repo_id, &meta, &sha).await?;
     tracing::info!(backup = %id, key = %key, "manifest stored");
+    let tree = manifest.tree.map(|t| t.to_hex());
     let end = BackupEnd {
+        tree: tree.as_deref(),
         status: &manifest.status,
         manifest_key: &key,
         stats,

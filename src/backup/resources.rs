@@ -103,7 +103,7 @@ pub async fn backup_resources(
         namespaces = reading.namespaces.len(),
         "resources to back up resolved"
     );
-    let (id, known) = super::start(&repo, catalog, "resources", name).await?;
+    let id = super::start(&repo, catalog, "resources", name).await?;
     let run = run(
         repo,
         catalog,
@@ -112,7 +112,6 @@ pub async fn backup_resources(
         reading,
         id,
         name,
-        known,
         zstd_level,
         retain_until,
         progress,
@@ -151,7 +150,6 @@ async fn run(
     reading: source::Reading,
     id: Uuid,
     name: &str,
-    known: std::collections::HashSet<ChunkId>,
     zstd_level: i32,
     retain_until: Option<DateTime<Utc>>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
@@ -160,24 +158,31 @@ async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Listed>(256);
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
-    let mut known_after = known.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
-            let mut seen = Vec::new();
-            while let Some(l) = rx.blocking_recv() {
-                let tag = seen.len() as u64;
-                seen.push(Seen {
-                    ty: l.ty,
-                    namespace: l.namespace,
-                    name: l.name,
-                    size: l.json.len(),
-                });
-                sink.send(Job { tag, data: l.json })?;
-                progress(1);
-            }
-            Ok(seen)
-        })
+        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
+        write(
+            &repo2,
+            &stored,
+            zstd_level,
+            retain_until,
+            &on_pack,
+            |sink| {
+                let mut seen = Vec::new();
+                while let Some(l) = rx.blocking_recv() {
+                    let tag = seen.len() as u64;
+                    seen.push(Seen {
+                        ty: l.ty,
+                        namespace: l.namespace,
+                        name: l.name,
+                        size: l.json.len(),
+                    });
+                    sink.send(Job { tag, data: l.json })?;
+                    progress(1);
+                }
+                Ok(seen)
+            },
+        )
     });
     let read = source::read(cluster, scope, &reading, &tx).await;
     drop(tx);
@@ -225,14 +230,14 @@ async fn run(
     let table = ObjectTable { objects, chunks };
     let table_json = serde_json::to_vec(&table).expect("the object table serialises");
     let table_bytes = table_json.len() as u64;
-    known_after.extend(written.iter().map(|w| w.id));
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
     let handle = tokio::runtime::Handle::current();
     let (tags, table_written, table_stats) = tokio::task::spawn_blocking(move || {
         let on_pack = super::record_packs(&handle, &catalog2, repo_id);
+        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
         write(
             &repo2,
-            known_after,
+            &stored,
             zstd_level,
             retain_until,
             &on_pack,
@@ -286,6 +291,9 @@ async fn run(
         etcd: None,
         objects: Vec::new(),
         object_table: Some(refs),
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
     };
     let items = super::write_items(catalog, id, None, items(&table.objects, &table.chunks));
     let mut summary = ResourcesSummary {

@@ -1,20 +1,21 @@
 //! Volume backups: a directory tree or a block image, incremental against
 //! the previous backup of the same volume.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, ItemRow};
+use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{EntryKind, Extent, Manifest};
+use crate::repo::manifest::{ChunkLocation, Manifest};
+use crate::repo::tree::{Locate, TreeReader};
 use crate::repo::writer::{WriteStats, write};
 use crate::repo::{ChunkId, Repository};
-use crate::source::volume::{self, Ref, Source, Stamp, StampExtent};
+use crate::source::volume::{self, Source};
 
 /// What a finished backup reports.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +25,9 @@ pub struct Summary {
     pub parent: Option<Uuid>,
     /// Where the data came from: the directory or block file.
     pub source: String,
+    /// Entries in the listing: directories, files, links.
+    pub entries: u64,
+    pub directories: u64,
     pub files: u64,
     pub files_read: u64,
     pub files_unchanged: u64,
@@ -38,6 +42,8 @@ pub struct Summary {
     /// `None` when nothing new was stored.
     pub compression_ratio: Option<f64>,
     pub packs: u64,
+    /// Directories whose listing changed (a tree object stored).
+    pub trees_new: u64,
     pub problems: Vec<crate::repo::manifest::Problem>,
     pub skipped_special: u64,
     pub seconds: f64,
@@ -61,18 +67,11 @@ pub async fn backup_volume(
         .ensure_repository(&repo.config, &repo.store.location())
         .await?;
     let parent = catalog.latest_backup(repo_id, "volume", name).await?;
-    let mut stamps = HashMap::new();
-    if let Some(p) = &parent {
-        for (item, attrs) in catalog
-            .items_of_type(p.id, EntryKind::File.as_str())
-            .await?
-        {
-            if let Ok(stamp) = serde_json::from_str::<Stamp>(&attrs) {
-                stamps.insert(item, stamp);
-            }
-        }
-    }
-    let known = catalog.known_chunks(repo_id).await?;
+    // A parent made before trees existed has none: every file is read once.
+    let parent_top = parent
+        .as_ref()
+        .and_then(|p| p.tree.as_deref())
+        .and_then(ChunkId::from_hex);
     let id = Uuid::now_v7();
     catalog
         .start_backup(id, repo_id, "volume", name, parent.as_ref().map(|p| p.id))
@@ -88,11 +87,10 @@ pub async fn backup_volume(
             id,
             name,
             &source,
-            stamps,
-            known,
+            parent.as_ref().map(|p| p.id),
+            parent_top,
             zstd_level,
             retain_until,
-            parent.as_ref().map(|p| p.id),
             progress,
         ),
     )
@@ -109,6 +107,24 @@ pub async fn backup_volume(
     Ok(summary)
 }
 
+/// Chunk and tree locations from the catalog, for reading the parent's
+/// trees from the pipeline's thread.
+pub(crate) struct CatalogLocate<'a> {
+    pub handle: &'a tokio::runtime::Handle,
+    pub catalog: &'a Catalog,
+    pub repo_id: Uuid,
+}
+
+impl Locate for CatalogLocate<'_> {
+    fn locate(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, ChunkLocation>> {
+        self.handle
+            .block_on(self.catalog.chunk_locations(self.repo_id, ids))
+    }
+}
+
+/// References sent to the pack locator in batches of this many.
+const REF_BATCH: usize = 10_000;
+
 #[allow(clippy::too_many_arguments)]
 async fn run_volume(
     repo: Arc<Repository>,
@@ -116,98 +132,88 @@ async fn run_volume(
     id: Uuid,
     name: &str,
     source: &Source,
-    stamps: HashMap<String, Stamp>,
-    known: HashSet<ChunkId>,
+    parent: Option<Uuid>,
+    parent_top: Option<ChunkId>,
     zstd_level: i32,
     retain_until: Option<DateTime<Utc>>,
-    parent: Option<Uuid>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Summary> {
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2, source2) = (repo.clone(), catalog.clone(), source.clone());
     let repo_id = repo.config.id;
-    let (mut scan, written, stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        let seed = repo2.secret.chunker_seed();
-        write(&repo2, known, zstd_level, retain_until, &on_pack, |sink| {
-            volume::read(&source2, &stamps, seed, sink, &*progress)
-        })
+    // The packs the backup uses, found while it runs: every chunk and tree
+    // it references is looked up in the catalog, a batch at a time. Those
+    // not recorded yet (in packs being written) are asked again later.
+    let (refs_tx, refs_rx) = tokio::sync::mpsc::channel::<Vec<ChunkId>>(4);
+    let locator = tokio::spawn(locate_packs(catalog.clone(), repo_id, refs_rx));
+    let written_packs: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let written2 = written_packs.clone();
+    let (walked, _, stats) = tokio::task::spawn_blocking(move || {
+        let record = super::record_packs(&handle, &catalog2, repo_id);
+        let on_pack = |p: &crate::repo::pack::StoredPack, m: &crate::store::ObjectMeta| {
+            record(p, m)?;
+            written2.lock().unwrap().insert(p.key.clone());
+            Ok(())
+        };
+        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
+        let locate = CatalogLocate {
+            handle: &handle,
+            catalog: &catalog2,
+            repo_id,
+        };
+        let reader = TreeReader::new(
+            &*repo2.store,
+            &repo2.secret,
+            &locate,
+            repo2.max_pack_bytes(),
+        );
+        write(
+            &repo2,
+            &stored,
+            zstd_level,
+            retain_until,
+            &on_pack,
+            |sink| {
+                let mut batch: Vec<ChunkId> = Vec::new();
+                let mut refs = |ids: Vec<ChunkId>| {
+                    batch.extend(ids);
+                    if batch.len() >= REF_BATCH {
+                        // A closed locator reports its own error.
+                        let _ = refs_tx.blocking_send(std::mem::take(&mut batch));
+                    }
+                };
+                let parent = parent_top.map(|top| volume::Parent {
+                    reader: &reader,
+                    top,
+                });
+                let walked =
+                    volume::read(&source2, parent, &repo2.secret, sink, &mut refs, &*progress);
+                let _ = refs_tx.blocking_send(batch);
+                walked
+            },
+        )
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
     crate::sys::release_free_memory();
+    let top = walked
+        .top
+        .ok_or_else(|| Error::new(ErrorKind::Failed, "the walk ended without a listing"))?;
+    let mut packs = locator
+        .await
+        .map_err(|e| Error::new(ErrorKind::Failed, "the pack locator panicked").with_source(e))??;
+    packs.extend(std::mem::take(&mut *written_packs.lock().unwrap()));
+    let packs: Vec<String> = packs.into_iter().collect();
 
     tracing::info!(
         backup = %id,
         chunks = stats.chunks,
         new_chunks = stats.new_chunks,
+        trees = stats.trees,
         packs = stats.packs,
         "data stored"
     );
-    // Name every chunk, then look up where each one is.
-    let by_tag: HashMap<u64, ChunkId> = written.iter().map(|w| (w.tag, w.id)).collect();
-    let resolve = |r: &Ref| match r {
-        Ref::Known(id) => *id,
-        Ref::Tag(t) => by_tag[t],
-    };
-    let mut list = super::ChunkList::default();
-    for refs in &scan.refs {
-        for (_, _, rs) in refs {
-            for r in rs {
-                list.add(resolve(r));
-            }
-        }
-    }
-    // The catalog's rows first: they go to PostgreSQL while the chunks are
-    // located and the manifest is sealed.
-    let items = scan
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let attrs = match e.kind {
-                EntryKind::File => serde_json::to_value(Stamp {
-                    size: e.size,
-                    mtime_ns: e.mtime_ns,
-                    ctime_ns: scan.stamps[i].0,
-                    ino: scan.stamps[i].1,
-                    extents: scan.refs[i]
-                        .iter()
-                        .map(|(offset, length, rs)| StampExtent {
-                            offset: *offset,
-                            length: *length,
-                            chunks: rs.iter().map(&resolve).collect(),
-                        })
-                        .collect(),
-                })
-                .expect("stamps serialise"),
-                _ => serde_json::json!({}),
-            };
-            ItemRow {
-                from_parent: scan.unchanged.contains(&e.path),
-                item: e.path.clone(),
-                item_type: e.kind.as_str().to_string(),
-                size: e.size as i64,
-                attrs,
-            }
-        })
-        .collect();
-    let items = super::write_items(catalog, id, parent, items);
-
-    let chunks = super::locate(catalog, repo_id, &list.order).await?;
-    let mut entries = std::mem::take(&mut scan.entries);
-    for (e, refs) in entries.iter_mut().zip(&scan.refs) {
-        e.extents = refs
-            .iter()
-            .map(|(offset, length, rs)| Extent {
-                offset: *offset,
-                length: *length,
-                chunks: rs.iter().map(|r| list.index_of(&resolve(r))).collect(),
-            })
-            .collect();
-    }
-
-    let status = if scan.problems.is_empty() {
+    let status = if walked.problems.is_empty() {
         "complete"
     } else {
         "partial"
@@ -222,20 +228,27 @@ async fn run_volume(
         parent,
         source: source.path().display().to_string(),
         status: status.into(),
-        problems: scan.problems.clone(),
-        entries,
-        chunks,
+        problems: walked.problems.clone(),
+        entries: Vec::new(),
+        chunks: Vec::new(),
         etcd: None,
         objects: Vec::new(),
         object_table: None,
+        tree: Some(top),
+        packs,
+        totals: Some(crate::repo::manifest::Totals {
+            entries: walked.entries,
+            files: walked.files,
+            bytes: walked.bytes,
+        }),
     };
-    let summary = summarize(id, status, parent, &manifest, &scan, &stats);
-    let error = (!scan.problems.is_empty()).then(|| {
+    let summary = summarize(id, status, parent, &manifest, &walked, &stats);
+    let error = (!walked.problems.is_empty()).then(|| {
         format!(
             "{} path(s) could not be backed up, first: {}: {}",
-            scan.problems.len(),
-            scan.problems[0].path,
-            scan.problems[0].error
+            walked.problems.len(),
+            walked.problems[0].path,
+            walked.problems[0].error
         )
     });
     let stats_json = serde_json::to_value(&summary).expect("summary serialises");
@@ -244,7 +257,7 @@ async fn run_volume(
         catalog,
         manifest,
         &[],
-        items,
+        super::no_items(catalog).await?,
         &stats_json,
         error.as_deref(),
         retain_until,
@@ -253,29 +266,88 @@ async fn run_volume(
     Ok(summary)
 }
 
+/// Adds the packs holding `ids` to `packs`; returns the ids the catalog
+/// does not know (yet). Counts first: when every id is found, no id is
+/// sent back.
+async fn packs_of(
+    catalog: &Catalog,
+    repo_id: Uuid,
+    ids: &mut Vec<ChunkId>,
+    packs: &mut BTreeSet<String>,
+) -> Result<Vec<ChunkId>> {
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut n = 0u64;
+    for (pack, count) in catalog.packs_of_counted(repo_id, ids).await? {
+        n += count;
+        packs.insert(pack);
+    }
+    if n == ids.len() as u64 {
+        return Ok(Vec::new());
+    }
+    let located = catalog.chunk_locations(repo_id, ids).await?;
+    Ok(ids
+        .iter()
+        .filter(|i| !located.contains_key(i))
+        .copied()
+        .collect())
+}
+
+/// The packs holding the chunks and trees sent on `refs`. Ids the catalog
+/// does not know yet are in packs still being written: they are asked again
+/// with the next batch, and once more at the end, when every pack of the
+/// backup is recorded; one still unknown then is an integrity error, never
+/// a backup whose packs gc could take.
+async fn locate_packs(
+    catalog: Catalog,
+    repo_id: Uuid,
+    mut refs: tokio::sync::mpsc::Receiver<Vec<ChunkId>>,
+) -> Result<BTreeSet<String>> {
+    let mut packs = BTreeSet::new();
+    let mut missing: Vec<ChunkId> = Vec::new();
+    while let Some(mut ids) = refs.recv().await {
+        ids.append(&mut missing);
+        missing = packs_of(&catalog, repo_id, &mut ids, &mut packs).await?;
+    }
+    let still = packs_of(&catalog, repo_id, &mut missing, &mut packs).await?;
+    if let Some(first) = still.first() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{} chunk(s) the backup references are not stored, first {}",
+                still.len(),
+                first.to_hex()
+            ),
+        )
+        .with_guidance("the catalog lost chunk records; run `drctl verify`"));
+    }
+    Ok(packs)
+}
+
 fn summarize(
     id: Uuid,
     status: &str,
     parent: Option<Uuid>,
     m: &Manifest,
-    scan: &volume::Scan,
+    scan: &volume::Walked,
     s: &WriteStats,
 ) -> Summary {
-    use crate::repo::manifest::EntryKind;
     Summary {
         backup_id: id,
         status: status.into(),
         parent,
         source: m.source.clone(),
-        files: m
-            .entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Block))
-            .count() as u64,
+        entries: scan.entries,
+        directories: scan.directories,
+        files: scan.files,
         files_read: scan.files_read,
         files_unchanged: scan.files_unchanged,
         bytes_read: s.bytes,
-        bytes: m.entries.iter().map(|e| e.size).sum(),
+        bytes: scan.bytes,
+        trees_new: scan.trees_new,
         new_bytes: s.new_bytes,
         stored_bytes: s.stored_bytes,
         dedup_ratio: s.dedup_ratio(),

@@ -25,13 +25,15 @@ pub struct BackupRow {
     pub retain_until: Option<DateTime<Utc>>,
     pub stats: serde_json::Value,
     pub error: Option<String>,
+    /// A volume backup's top tree (hex), from which the next one starts.
+    pub tree: Option<String>,
 }
 
 /// The columns of [`BackupRow`], as a literal so queries stay static strings.
 macro_rules! columns {
     () => {
         "id, repository_id, kind, name, status, parent_id, started_at, finished_at, \
-         manifest_key, retain_until, stats, error"
+         manifest_key, retain_until, stats, error, tree"
     };
 }
 
@@ -47,6 +49,8 @@ pub struct BackupEnd<'a> {
     pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
     /// The packs it references.
     pub packs: &'a [String],
+    /// A volume backup's top tree.
+    pub tree: Option<&'a str>,
 }
 
 /// Item rows written and not yet committed; see [`Catalog::write_items`].
@@ -166,6 +170,7 @@ impl Catalog {
             error,
             retain_until,
             packs,
+            tree,
         } = *end;
         let mut tx = items.0;
         sqlx::query(
@@ -180,7 +185,7 @@ impl Catalog {
         .map_err(query_error)?;
         sqlx::query(
             "UPDATE backups SET status = $2, manifest_key = $3, stats = $4, error = $5, \
-             retain_until = $6, finished_at = now() WHERE id = $1 AND status = 'running'",
+             retain_until = $6, tree = $7, finished_at = now() WHERE id = $1 AND status = 'running'",
         )
         .bind(id)
         .bind(status)
@@ -188,6 +193,7 @@ impl Catalog {
         .bind(stats)
         .bind(error)
         .bind(retain_until)
+        .bind(tree)
         .execute(&mut *tx)
         .bounded()
         .await
@@ -351,6 +357,15 @@ impl Catalog {
                 "types": per_kind,
             }));
         }
+        if row.tree.is_some() {
+            // Its listing is in the repository; the run counted it.
+            let n = |k: &str| row.stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            return Ok(serde_json::json!({
+                "files": n("files"),
+                "directories": n("directories"),
+                "other": n("entries").saturating_sub(n("files") + n("directories")),
+            }));
+        }
         let per_type: Vec<(String, i64)> = sqlx::query_as(
             "SELECT item_type, count(*) FROM backup_items WHERE backup_id = $1 GROUP BY 1",
         )
@@ -410,6 +425,16 @@ impl Catalog {
             ))
             .bind(repo)
             .bind(name),
+            Reference::At(name, at) => sqlx::query_as(concat!(
+                "SELECT DISTINCT ON (kind) ",
+                columns!(),
+                " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+                   AND name = $2 AND status IN ('complete', 'partial') AND started_at <= $3 \
+                 ORDER BY kind, started_at DESC"
+            ))
+            .bind(repo)
+            .bind(name)
+            .bind(at),
         }
         .fetch_all(self.pool())
         .bounded()

@@ -28,6 +28,8 @@ pub struct RebuiltBackup<'a> {
     pub error: Option<&'a str>,
     /// The packs it references (only packs the catalog has are linked).
     pub packs: &'a [String],
+    /// A volume backup's top tree (hex).
+    pub tree: Option<&'a str>,
 }
 
 /// The garbage-collection lock of a repository, held by a rebuild for as
@@ -102,10 +104,10 @@ impl Catalog {
         let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         let inserted = sqlx::query(
             "INSERT INTO backups (id, repository_id, kind, name, status, parent_id, started_at, \
-               finished_at, retain_until, manifest_key, stats, error) \
+               finished_at, retain_until, manifest_key, stats, error, tree) \
              VALUES ($1, $2, $3, $4, $5, \
                (SELECT id FROM backups WHERE id = $6 AND repository_id = $2), \
-               $7, $8, $9, $10, $11, $12) \
+               $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(b.id)
@@ -120,6 +122,7 @@ impl Catalog {
         .bind(b.manifest_key)
         .bind(b.stats)
         .bind(b.error)
+        .bind(b.tree)
         .execute(&mut *tx)
         .bounded()
         .await

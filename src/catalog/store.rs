@@ -41,21 +41,49 @@ impl Catalog {
             .map_err(query_error)
     }
 
-    /// Every chunk id the repository has: the dedup index, in one query.
-    pub async fn known_chunks(&self, repo: Uuid) -> Result<HashSet<ChunkId>> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT id FROM chunks WHERE repository_id = $1 AND pack_key NOT IN \
-                 (SELECT key FROM gc_candidates WHERE repository_id = $1)",
+    /// Of `ids`, those the repository holds and gc will not delete (their
+    /// pack is no candidate): the dedup check, one query per batch.
+    pub async fn stored_chunks(&self, repo: Uuid, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
+        let mut out = HashSet::new();
+        for batch in ids.chunks(10_000) {
+            let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.0.to_vec()).collect();
+            let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT id FROM chunks WHERE repository_id = $1 AND id = ANY($2) AND pack_key NOT IN \
+                     (SELECT key FROM gc_candidates WHERE repository_id = $1)",
+            )
+            .bind(repo)
+            .bind(&keys)
+            .fetch_all(self.pool())
+            .bounded()
+            .await
+            .map_err(query_error)?;
+            out.extend(
+                rows.into_iter()
+                    .filter_map(|r| r.try_into().ok().map(ChunkId)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The packs that hold `ids` (those the catalog knows), each once with
+    /// how many of `ids` it holds.
+    pub async fn packs_of_counted(
+        &self,
+        repo: Uuid,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(String, u64)>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|c| c.0.to_vec()).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT pack_key, count(*) FROM chunks WHERE repository_id = $1 AND id = ANY($2) \
+             GROUP BY pack_key",
         )
         .bind(repo)
+        .bind(&keys)
         .fetch_all(self.pool())
         .bounded()
         .await
         .map_err(query_error)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| r.try_into().ok().map(ChunkId))
-            .collect())
+        Ok(rows.into_iter().map(|(p, n)| (p, n as u64)).collect())
     }
 
     /// Records a stored pack and the chunks of its index, in one

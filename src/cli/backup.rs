@@ -29,6 +29,13 @@ pub(crate) enum BackupCommand {
         /// digits, or NAME@latest.
         backup: String,
     },
+    /// List the files of a volume backup: a directory's entries (the
+    /// root's by default), or everything beneath it with -r.
+    Ls(super::browse::LsArgs),
+    /// What changed between two volume backups: files added, removed,
+    /// modified, or with new metadata. Reads only the directories that
+    /// changed.
+    Diff(super::browse::DiffArgs),
     /// Delete a backup from the catalog. Its objects stay, locked, until
     /// `drctl gc` finds nothing else needs them and their locks expired.
     Delete {
@@ -134,6 +141,8 @@ impl BackupCommand {
                 out.emit(&d, || super::listing::render_describe(&d));
                 return Ok(());
             }
+            BackupCommand::Ls(args) => return super::browse::ls(ctx, &loaded, args, out),
+            BackupCommand::Diff(args) => return super::browse::diff(ctx, &loaded, args, out),
             _ => {}
         }
         let catalog = ctx.catalog(&loaded).await?;
@@ -213,7 +222,10 @@ impl BackupCommand {
                 out.emit(&s, || super::resources::render_backup(&s));
                 Ok(())
             }
-            BackupCommand::List(_) | BackupCommand::Describe { .. } => {
+            BackupCommand::List(_)
+            | BackupCommand::Describe { .. }
+            | BackupCommand::Ls(_)
+            | BackupCommand::Diff(_) => {
                 unreachable!("run before the catalog is opened")
             }
             BackupCommand::Delete { backup } => {

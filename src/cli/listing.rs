@@ -173,7 +173,10 @@ fn from_bucket(ctx: &Context, loaded: &Loaded, args: &ListArgs) -> Result<Vec<Li
                 started_at: m.created_at,
                 finished_at: None,
                 seconds: None,
-                bytes: (m.kind != "resources").then(|| m.entries.iter().map(|e| e.size).sum()),
+                bytes: (m.kind != "resources").then(|| {
+                    m.totals
+                        .map_or_else(|| m.entries.iter().map(|e| e.size).sum(), |t| t.bytes)
+                }),
                 stored_bytes: None,
                 retain_until: None,
                 source: Some(m.source.clone()),

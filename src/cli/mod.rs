@@ -4,6 +4,7 @@
 //! tests use the same code.
 
 mod backup;
+mod browse;
 mod catalog;
 mod config;
 mod dev;

@@ -129,6 +129,11 @@ pub(crate) struct VolumeArgs {
     /// trust; the summary lists what was left out.
     #[arg(long)]
     no_setuid: bool,
+    /// Restore only this path (with all beneath it), a path from the
+    /// backup's root or a glob (`logs/**/*.gz`); repeat for more. Only the
+    /// directories on the way are read.
+    #[arg(long, value_name = "PATH_OR_GLOB", conflicts_with = "block")]
+    include: Option<Vec<String>>,
 }
 
 impl RestoreCommand {
@@ -153,7 +158,36 @@ impl RestoreCommand {
                 crate::restore::volume::check_target(&target)?;
                 let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
                 let id = resolve_backup(ctx, &loaded, &repo, &args.backup)?;
-                let manifest = load_manifest(&repo, id)?;
+                let manifest = match &args.include {
+                    Some(patterns) => {
+                        let select = crate::restore::select::Patterns::new(patterns)?;
+                        let m = load_manifest(ctx, &loaded, &repo, id, &select)?;
+                        if m.tree.is_none() {
+                            return Err(Error::config(format!(
+                                "backup {id} was made before drctl kept listings in trees; \
+                                 --include needs a newer backup"
+                            ))
+                            .with_guidance(
+                                "restore it whole into a scratch directory and copy what you need",
+                            ));
+                        }
+                        // The root alone: nothing matched.
+                        if m.entries.len() <= 1 {
+                            return Err(Error::new(
+                                ErrorKind::NotFound,
+                                format!(
+                                    "nothing in backup {id} matches --include {}",
+                                    patterns.join(" --include ")
+                                ),
+                            )
+                            .with_guidance(format!(
+                                "paths are from the backup's root; list them with `drctl backup ls {id}`"
+                            )));
+                        }
+                        m
+                    }
+                    None => load_manifest(ctx, &loaded, &repo, id, &crate::repo::tree::All)?,
+                };
                 if manifest.kind != "volume" {
                     return Err(Error::config(format!(
                         "backup {id} is a {} backup, not a volume backup",
@@ -252,7 +286,7 @@ fn restore_resources(
     };
     let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
     let id = resolve_backup(ctx, loaded, &repo, &args.backup)?;
-    let manifest = load_manifest(&repo, id)?;
+    let manifest = open_manifest(&repo, id)?;
     res::check_backup(&manifest)?;
     let handle = tokio::runtime::Handle::current();
     let cluster = handle.block_on(args.cluster.connect(&loaded.config))?;
@@ -327,7 +361,7 @@ fn restore_etcd(
     }
     let repo = super::open_repo(&loaded.config, ctx.identity.as_deref(), false)?;
     let id = resolve_backup(ctx, loaded, &repo, &args.backup)?;
-    let manifest = load_manifest(&repo, id)?;
+    let manifest = open_manifest(&repo, id)?;
     let info = etcd::snapshot_info(&manifest)?.clone();
     let bar = super::progress::bytes(Some(manifest.entries[0].size), "restored");
     let progress = |n| bar.inc(n);
@@ -428,11 +462,11 @@ pub(crate) fn resolve_backup(
 ) -> Result<Uuid> {
     use crate::reference::Reference;
     let reference = Reference::parse(given)?;
-    if let Reference::Latest(_) = reference {
+    if let Reference::Latest(_) | Reference::At(..) = reference {
         let row = catalog_lookup(ctx, loaded, given).map_err(|e| {
             let what = e.what().to_string();
             Error::new(e.kind(), what).with_guidance(
-                "NAME@latest needs the catalog; without it, `drctl backup list --from-bucket` \
+                "NAME@latest and NAME@TIME need the catalog; without it, `drctl backup list --from-bucket` \
                  lists the backups in the bucket and their ids",
             )
         })?;
@@ -504,9 +538,74 @@ fn catalog_lookup(
     })
 }
 
-pub(crate) fn load_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {
+/// The manifest of backup `id`, authenticated; a volume backup's listing
+/// filled in from its trees for the paths `select` takes.
+pub(crate) fn load_manifest(
+    ctx: &Context,
+    loaded: &Loaded,
+    repo: &Repository,
+    id: Uuid,
+    select: &dyn crate::repo::tree::Select,
+) -> Result<Manifest> {
+    let mut manifest = open_manifest(repo, id)?;
+    if manifest.tree.is_some() {
+        let packs = manifest.packs.clone();
+        with_locate(ctx, loaded, repo, packs, |locate| {
+            crate::repo::tree::fill(repo, &mut manifest, locate, select)
+        })?;
+    }
+    Ok(manifest)
+}
+
+/// The manifest of backup `id`, authenticated, its trees not read.
+pub(crate) fn open_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {
     let sealed = crate::repo::manifest::read_sealed(&*repo.store, id)?.bytes;
     let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
     crate::repo::object_table::expand(repo, &mut manifest)?;
     Ok(manifest)
+}
+
+/// The catalog, when one is configured and answers: what locates chunks
+/// fastest. Without it a reader still works, from the bucket alone.
+pub(crate) fn optional_catalog(ctx: &Context, loaded: &Loaded) -> Option<crate::catalog::Catalog> {
+    if loaded.config.catalog.url().is_err() {
+        return None;
+    }
+    match tokio::runtime::Handle::current().block_on(ctx.catalog(loaded)) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e.report(), "no catalog: locating chunks from the packs' indexes, which is slower");
+            None
+        }
+    }
+}
+
+/// Runs `f` with the fastest way to locate a backup's chunks and trees: the
+/// catalog when one is configured and answers, the indexes of `packs` (the
+/// backup's) for whatever it does not. Locations are hints: what is read
+/// there is checked against its id either way.
+pub(crate) fn with_locate<T>(
+    ctx: &Context,
+    loaded: &Loaded,
+    repo: &Repository,
+    packs: Vec<String>,
+    f: impl FnOnce(&dyn crate::repo::tree::Locate) -> Result<T>,
+) -> Result<T> {
+    let handle = tokio::runtime::Handle::current();
+    let catalog = optional_catalog(ctx, loaded);
+    let by_catalog = catalog
+        .as_ref()
+        .map(|catalog| crate::backup::volume::CatalogLocate {
+            handle: &handle,
+            catalog,
+            repo_id: repo.config.id,
+        });
+    let by_index = crate::repo::tree::IndexLocate::new(repo, packs);
+    let locate = crate::repo::tree::Fallback {
+        first: by_catalog
+            .as_ref()
+            .map(|l| l as &dyn crate::repo::tree::Locate),
+        then: &by_index,
+    };
+    f(&locate)
 }

@@ -44,7 +44,23 @@ impl VerifyArgs {
             Some(b) => vec![super::restore::resolve_backup(ctx, &loaded, &repo, b)?],
             None => Vec::new(),
         };
-        let report = crate::verify::verify(&repo, &ids, share)?;
+        let handle = tokio::runtime::Handle::current();
+        let catalog = super::restore::optional_catalog(ctx, &loaded);
+        let by_catalog = catalog
+            .as_ref()
+            .map(|catalog| crate::backup::volume::CatalogLocate {
+                handle: &handle,
+                catalog,
+                repo_id: repo.config.id,
+            });
+        let report = crate::verify::verify(
+            &repo,
+            &ids,
+            share,
+            by_catalog
+                .as_ref()
+                .map(|l| l as &dyn crate::repo::tree::Locate),
+        )?;
         out.emit(&report, || {
             let mut t = format!(
                 "checked {} backup(s), {} pack(s); read {} pack(s), {} chunk(s), {}\n",

@@ -80,6 +80,29 @@ impl RepoSecret {
         ChunkId(*blake3::keyed_hash(&self.chunk_id_key, data).as_bytes())
     }
 
+    /// The keyed id of a tree object ([`super::tree`]): domain-separated
+    /// from chunk ids, so a file whose bytes equal a tree's serialisation is
+    /// never taken for that tree (or the tree for it).
+    pub fn tree_id(&self, data: &[u8]) -> ChunkId {
+        let mut h = blake3::Hasher::new_keyed(&self.chunk_id_key);
+        h.update(b"drctl tree v1\0");
+        h.update(data);
+        ChunkId(*h.finalize().as_bytes())
+    }
+
+    /// The key that seals tree objects. Derived from the secret, not
+    /// random per run like data keys: an incremental backup reads its
+    /// parent's trees, and writers hold the secret but never an identity.
+    /// Trees hold names, sizes, owners and chunk ids, which the catalog
+    /// (readable by writers) held before trees existed; file contents stay
+    /// sealed to the recipients alone.
+    pub fn tree_key(&self) -> DataKey {
+        let mut h = blake3::Hasher::new_derive_key("drctl tree key v1");
+        h.update(&self.chunk_id_key);
+        h.update(&self.manifest_mac_key);
+        DataKey(*h.finalize().as_bytes())
+    }
+
     /// MAC of a manifest body.
     pub fn manifest_mac(&self, body: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.manifest_mac_key, body).as_bytes()

@@ -18,7 +18,12 @@ use uuid::Uuid;
 use super::crypto::{ChunkId, Identity, Recipients, RepoSecret};
 use crate::error::{Error, ErrorKind, Result};
 
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Format 2: a volume backup's listing is in tree objects ([`super::tree`]),
+/// named by `tree`; its packs are listed in `packs`. Format 1 (every entry
+/// and chunk location in the manifest) is still read.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The oldest format this drctl reads.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// The most a sealed manifest can be (its JSON may decompress to 1 GiB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 30;
@@ -88,6 +93,26 @@ pub struct Manifest {
     /// ([`super::object_table`]). Cleared by `object_table::expand`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_table: Option<Vec<u32>>,
+    /// A volume backup's top tree ([`super::tree`]): its listing. `entries`
+    /// and `chunks` are then empty until [`super::tree::expand`] fills them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<ChunkId>,
+    /// Every pack a volume backup with a `tree` references (data and trees).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<String>,
+    /// What a volume backup with a `tree` holds, for listings that do not
+    /// read its trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Directories, files and links.
+    pub entries: u64,
+    /// Files (and block images) and their size.
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// One Kubernetes object of a resources backup. Its JSON (as the API
@@ -263,7 +288,7 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_slice(&json).map_err(|e| {
             Error::new(ErrorKind::Integrity, format!("{what} does not parse")).with_source(e)
         })?;
-        if manifest.format != MANIFEST_FORMAT {
+        if !(OLDEST_FORMAT..=MANIFEST_FORMAT).contains(&manifest.format) {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(

@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod manifest;
 pub mod object_table;
 pub mod pack;
+pub mod tree;
 pub mod writer;
 
 /// Deterministic incompressible bytes for tests (xorshift).

@@ -20,6 +20,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectMeta, Store, Upload, sha256};
 
 const MAGIC: &[u8; 8] = b"DRCTLPK1";
+/// The key number of a blob sealed with the repository's tree key
+/// ([`RepoSecret::tree_key`]) rather than one of the index's data keys: a
+/// tree object. Its id is a tree id ([`RepoSecret::tree_id`]).
+pub const TREE_KEY: u16 = u16::MAX;
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
 
@@ -44,9 +48,12 @@ pub struct PackIndex {
 }
 
 impl PackIndex {
-    /// The data key of `entry`.
-    pub fn key(&self, pack: &str, entry: &IndexEntry) -> Result<&DataKey> {
-        self.keys.get(entry.key as usize).ok_or_else(|| {
+    /// The data key of `entry` (the tree key for a tree object).
+    pub fn key(&self, pack: &str, entry: &IndexEntry, secret: &RepoSecret) -> Result<DataKey> {
+        if entry.key == TREE_KEY {
+            return Ok(secret.tree_key());
+        }
+        self.keys.get(entry.key as usize).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::Integrity,
                 format!("pack {pack}: index names a missing key"),
@@ -124,13 +131,44 @@ fn open_chunk(
             ));
         }
     };
-    if data.len() != entry.raw_length as usize || secret.chunk_id(&data) != entry.id {
+    let id = if entry.key == TREE_KEY {
+        secret.tree_id(&data)
+    } else {
+        secret.chunk_id(&data)
+    };
+    if data.len() != entry.raw_length as usize || id != entry.id {
         return Err(Error::new(
             ErrorKind::Integrity,
             format!("{} does not match its id", what()),
         ));
     }
     Ok(data)
+}
+
+/// Opens a tree object's blob read straight from a pack (by a writer,
+/// which cannot read pack indexes): checked against its tree id.
+pub fn open_tree_blob(
+    blob: &[u8],
+    id: &ChunkId,
+    raw_length: u32,
+    secret: &RepoSecret,
+    pack: &str,
+) -> Result<Vec<u8>> {
+    let entry = IndexEntry {
+        id: *id,
+        offset: 0,
+        length: blob.len() as u32,
+        raw_length,
+        key: TREE_KEY,
+    };
+    open_chunk(
+        blob,
+        &entry,
+        &secret.tree_key(),
+        secret,
+        pack,
+        &mut decompressor(),
+    )
 }
 
 /// A zstd decompressor for [`open_chunk`].
@@ -267,11 +305,10 @@ fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex>
     let index: PackIndex =
         serde_json::from_slice(&json).map_err(|_| bad("index does not parse"))?;
     let data_end = (n - 12 - len) as u64;
-    if index
-        .chunks
-        .iter()
-        .any(|e| e.offset as u64 + e.length as u64 > data_end || e.key as usize >= index.keys.len())
-    {
+    if index.chunks.iter().any(|e| {
+        e.offset as u64 + e.length as u64 > data_end
+            || (e.key != TREE_KEY && e.key as usize >= index.keys.len())
+    }) {
         return Err(bad("index points outside the pack"));
     }
     Ok(index)
@@ -353,8 +390,8 @@ impl OpenPack {
     ) -> Result<Vec<u8>> {
         // read_index checked that every entry lies inside the pack.
         let blob = &self.bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-        let key = self.index.key(&self.key, entry)?;
-        open_chunk(blob, entry, key, secret, &self.key, zstd)
+        let key = self.index.key(&self.key, entry, secret)?;
+        open_chunk(blob, entry, &key, secret, &self.key, zstd)
     }
 
     /// The plaintext of the chunk a manifest places at `loc`: the pack's own

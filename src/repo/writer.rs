@@ -4,30 +4,34 @@
 //! stay busy and memory stays bounded whatever the input size:
 //!
 //! ```text
-//! producer (caller: reads, cuts chunks)
-//!   ─[1 chunk]→ workers ×N (id, dedup, compress, encrypt)
-//!   ─[1 blob]→ packer (writes blobs into a 16 MiB pack, in the store)
+//! producer (caller: reads, cuts chunks; builds trees)
+//!   ─[1 chunk]→ workers ×N (id, dedup against hints, compress, encrypt)
+//!   ─[1 blob]→ packer (dedup against the repository, in batches; writes
+//!              blobs into a 16 MiB data pack or tree pack, in the store)
 //!   ─[handover]→ uploader (stores the pack, then records it in the catalog)
 //! ```
-//! At most about 2N + 4 chunks of ≤ 4 MiB are in memory, and two packs
-//! (one filling, one being stored) as the store holds them: on a local
-//! directory a 1 MiB piece each, as packs are written while they fill; on S3
-//! the whole pack, as its checksum must precede its bytes.
-//! The queues hold one item each: with a worker per core, a deeper queue
-//! only holds more chunk buffers (measured: peak RSS of a full volume backup
-//! 112-127 MiB with N chunks and 2 blobs queued, 105-111 MiB with one each,
-//! the same speed within noise).
-//! A chunk enters the dedup set before it is packed, so a chunk seen twice in
-//! one backup is stored once. A pack's chunks are recorded only after the
-//! pack is stored, so the catalog never points at data that is not there: a
-//! backup killed midway leaves packs the next one reuses.
+//! At most about 2N + 4 chunks of ≤ 4 MiB are in memory, a batch of blobs
+//! awaiting the dedup answer, and two packs (one filling, one being stored)
+//! as the store holds them: on a local directory a 1 MiB piece each, as packs
+//! are written while they fill; on S3 the whole pack, as its checksum must
+//! precede its bytes. The queues hold one item each: with a worker per core,
+//! a deeper queue only holds more chunk buffers.
+//!
+//! Dedup never holds the repository's chunk ids: a worker skips what the
+//! caller *hints* is stored (the chunks of the previous version of a changed
+//! file), and the packer asks the repository ([`Stored`], the catalog: one
+//! query per batch) about the rest, and about the chunks of packs still in
+//! flight, which it knows. So memory grows with what changed, not with the
+//! repository. A pack's chunks are recorded only after the pack is stored,
+//! so the catalog never points at data that is not there: a backup killed
+//! midway leaves packs the next one reuses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use super::pack::{PackWriter, SealedPack, StoredPack, seal_chunk};
+use super::pack::{PackWriter, SealedPack, StoredPack, TREE_KEY, seal_chunk};
 use super::{ChunkId, DataKey, Repository};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -37,12 +41,34 @@ pub struct Job {
     pub data: Vec<u8>,
 }
 
+/// What travels to the workers: a chunk, or a tree object (id given).
+struct Item {
+    tag: u64,
+    data: Vec<u8>,
+    tree: Option<ChunkId>,
+}
+
 /// The id of a tagged chunk.
 #[derive(Debug, Clone, Copy)]
 pub struct Written {
     pub tag: u64,
     pub id: ChunkId,
     pub raw_length: u32,
+}
+
+/// What the repository already stores, asked in batches.
+pub trait Stored: Sync {
+    /// Of `ids`, those the repository holds and will keep.
+    fn stored(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>>;
+}
+
+/// An empty repository.
+pub struct NothingStored;
+
+impl Stored for NothingStored {
+    fn stored(&self, _: &[ChunkId]) -> Result<HashSet<ChunkId>> {
+        Ok(HashSet::new())
+    }
 }
 
 /// Counters of one write.
@@ -54,6 +80,8 @@ pub struct WriteStats {
     pub new_bytes: u64,
     pub stored_bytes: u64,
     pub packs: u64,
+    /// Tree objects stored (new directories' listings).
+    pub trees: u64,
 }
 
 impl WriteStats {
@@ -69,13 +97,23 @@ impl WriteStats {
     }
 }
 
+/// Ids of tagged chunks as the workers find them, until the producer takes
+/// them ([`Sink::resolve`]).
+#[derive(Default)]
+struct Resolved {
+    ids: Mutex<HashMap<u64, Written>>,
+    found: Condvar,
+}
+
 /// Where the producer sends chunks. Sending fails when the pipeline stopped
 /// (an error downstream); the producer should then return.
 #[derive(Clone)]
 pub struct Sink {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Item>,
     stopped: Arc<AtomicBool>,
     pool: Arc<BufPool>,
+    resolved: Arc<Resolved>,
+    hints: Arc<Mutex<HashSet<ChunkId>>>,
 }
 
 /// Chunk-sized buffers passed around the pipeline and back.
@@ -99,6 +137,10 @@ impl BufPool {
     }
 
     fn give(&self, mut buf: Vec<u8>) {
+        // Small buffers (tiny files) are not worth keeping; big ones are.
+        if buf.capacity() < 64 << 10 {
+            return;
+        }
         buf.clear();
         let mut free = self.free.lock().unwrap();
         if free.len() < Self::KEEP {
@@ -114,10 +156,54 @@ impl Sink {
     }
 
     pub fn send(&self, job: Job) -> Result<()> {
+        self.send_item(Item {
+            tag: job.tag,
+            data: job.data,
+            tree: None,
+        })
+    }
+
+    /// Stores a tree object `data` with tree id `id` (unless stored).
+    pub fn send_tree(&self, id: ChunkId, data: Vec<u8>) -> Result<()> {
+        self.send_item(Item {
+            tag: u64::MAX,
+            data,
+            tree: Some(id),
+        })
+    }
+
+    fn send_item(&self, item: Item) -> Result<()> {
         if self.is_stopped() {
             return Err(stopped_error());
         }
-        self.tx.send(job).map_err(|_| stopped_error())
+        self.tx.send(item).map_err(|_| stopped_error())
+    }
+
+    /// Chunks the repository stores (the previous version of a changed
+    /// file): a chunk among them is not compressed or stored again.
+    pub fn hint(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        self.hints.lock().unwrap().extend(ids);
+    }
+
+    /// The id of the chunk sent with `tag`, once a worker has found it
+    /// (waiting for it); `None` when the pipeline stopped first. Taken:
+    /// a second call for the same tag waits for ever.
+    pub fn resolve(&self, tag: u64) -> Option<ChunkId> {
+        let mut ids = self.resolved.ids.lock().unwrap();
+        loop {
+            if let Some(w) = ids.remove(&tag) {
+                return Some(w.id);
+            }
+            if self.is_stopped() {
+                return None;
+            }
+            ids = self
+                .resolved
+                .found
+                .wait_timeout(ids, std::time::Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -133,26 +219,28 @@ fn stopped_error() -> Error {
 pub type OnPack<'a> = dyn Fn(&StoredPack, &crate::store::ObjectMeta) -> Result<()> + Sync + 'a;
 
 /// Runs the pipeline with `produce` feeding it on the calling thread.
-/// Returns what `produce` returned, the id of every tagged chunk, and stats.
+/// Returns what `produce` returned, the id of every tagged chunk the
+/// producer did not [`Sink::resolve`] itself, and stats.
 pub fn write<R: Send>(
     repo: &Repository,
-    known: HashSet<ChunkId>,
+    stored: &dyn Stored,
     zstd_level: i32,
     retain_until: Option<chrono::DateTime<chrono::Utc>>,
     on_pack: &OnPack<'_>,
     produce: impl FnOnce(&Sink) -> Result<R>,
 ) -> Result<(R, Vec<Written>, WriteStats)> {
     let recipients = repo.recipients()?;
-    // A blob names its worker's key in 16 bits.
+    // A blob names its worker's key in 16 bits, TREE_KEY excepted.
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .min(1 << 16);
-    let (job_tx, job_rx) = sync_channel::<Job>(1);
+        .min(TREE_KEY as usize);
+    let (job_tx, job_rx) = sync_channel::<Item>(1);
     let (blob_tx, blob_rx) = sync_channel::<Blob>(1);
     // One data key per worker for this run: a blob names its key by number.
     let keys: Vec<DataKey> = (0..workers)
         .map(|_| DataKey::generate())
         .collect::<Result<_>>()?;
+    let tree_key = repo.secret.tree_key();
     // A rendezvous: the packer fills the next pack while one is stored, and
     // no third pack waits in between.
     let (pack_tx, pack_rx) = sync_channel::<SealedPack>(0);
@@ -161,14 +249,17 @@ pub fn write<R: Send>(
     // threshold so chunks fragmented the heap (peak RSS +20 MiB).
     let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(2);
     let job_rx = Mutex::new(job_rx);
-    let known = Mutex::new(known);
-    let written = Mutex::new(Vec::new());
+    let hints = Arc::new(Mutex::new(HashSet::new()));
+    // Chunks in packs not yet recorded as stored.
+    let in_flight = Mutex::new(HashSet::new());
+    let resolved = Arc::new(Resolved::default());
     let stats = Mutex::new(WriteStats::default());
     let stopped = Arc::new(AtomicBool::new(false));
     let pool = Arc::new(BufPool::default());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
         stopped.store(true, Ordering::Relaxed);
+        resolved.found.notify_all();
         let mut f = failure.lock().unwrap();
         // Keep the first real cause, not the "stopped" its neighbours saw.
         if f.as_ref()
@@ -181,8 +272,9 @@ pub fn write<R: Send>(
     let produced = std::thread::scope(|s| {
         for (worker, key) in keys.iter().enumerate() {
             let blob_tx = blob_tx.clone();
-            let (job_rx, known, written, stats, fail, stopped, pool) =
-                (&job_rx, &known, &written, &stats, &fail, &stopped, &pool);
+            let (job_rx, hints, in_flight, resolved, stats, fail, stopped, pool, tree_key) = (
+                &job_rx, &hints, &in_flight, &resolved, &stats, &fail, &stopped, &pool, &tree_key,
+            );
             s.spawn(move || {
                 let mut zstd = zstd::bulk::Compressor::new(zstd_level)
                     .map_err(|e| {
@@ -204,54 +296,80 @@ pub fn write<R: Send>(
                     else {
                         continue;
                     };
-                    let id = repo.secret.chunk_id(&job.data);
                     let len = job.data.len();
-                    written.lock().unwrap().push(Written {
-                        tag: job.tag,
-                        id,
-                        raw_length: len as u32,
-                    });
-                    let new = known.lock().unwrap().insert(id);
+                    let id = match job.tree {
+                        Some(id) => id,
+                        None => {
+                            let id = repo.secret.chunk_id(&job.data);
+                            resolved.ids.lock().unwrap().insert(
+                                job.tag,
+                                Written {
+                                    tag: job.tag,
+                                    id,
+                                    raw_length: len as u32,
+                                },
+                            );
+                            resolved.found.notify_all();
+                            let mut st = stats.lock().unwrap();
+                            st.chunks += 1;
+                            st.bytes += len as u64;
+                            id
+                        }
+                    };
+                    if hints.lock().unwrap().contains(&id)
+                        || in_flight.lock().unwrap().contains(&id)
                     {
-                        let mut st = stats.lock().unwrap();
-                        st.chunks += 1;
-                        st.bytes += len as u64;
-                        if new {
-                            st.new_chunks += 1;
-                            st.new_bytes += len as u64;
-                        }
+                        pool.give(job.data);
+                        continue;
                     }
-                    if !new {
-                        pool.give(job.data);
-                    } else {
-                        let out = pool.take();
-                        let blob = match seal_chunk(&id, &job.data, zstd, key, out) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                fail(e);
-                                continue;
-                            }
-                        };
-                        pool.give(job.data);
-                        if blob_tx.send((id, blob, len, worker as u16)).is_err() {
-                            fail(stopped_error());
+                    let (key, number) = match job.tree {
+                        Some(_) => (tree_key, TREE_KEY),
+                        None => (key, worker as u16),
+                    };
+                    let blob = match seal_chunk(&id, &job.data, zstd, key, pool.take()) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            fail(e);
+                            continue;
                         }
+                    };
+                    pool.give(job.data);
+                    if blob_tx.send((id, blob, len, number)).is_err() {
+                        fail(stopped_error());
                     }
                 }
             });
         }
         drop(blob_tx);
 
-        let (keys, pool_ref, fail_ref) = (&keys, &pool, &fail);
+        let (keys, pool_ref, fail_ref, in_flight_ref, stats_ref) =
+            (&keys, &pool, &fail, &in_flight, &stats);
         s.spawn(move || {
-            let packed = pack_stage(repo, blob_rx, pack_tx, spare_rx, recipients, keys, pool_ref);
+            let packed = pack_stage(
+                repo,
+                blob_rx,
+                pack_tx,
+                spare_rx,
+                recipients,
+                keys,
+                pool_ref,
+                stored,
+                in_flight_ref,
+                stats_ref,
+            );
             if let Err(e) = packed {
                 fail_ref(e);
             }
         });
-        let stats_ref = &stats;
         s.spawn(move || {
-            if let Err(e) = upload_stage(pack_rx, spare_tx, retain_until, on_pack, stats_ref) {
+            if let Err(e) = upload_stage(
+                pack_rx,
+                spare_tx,
+                retain_until,
+                on_pack,
+                stats_ref,
+                in_flight_ref,
+            ) {
                 fail_ref(e);
             }
         });
@@ -260,6 +378,8 @@ pub fn write<R: Send>(
             tx: job_tx,
             stopped: stopped.clone(),
             pool: pool.clone(),
+            resolved: resolved.clone(),
+            hints: hints.clone(),
         };
         let result = produce(&sink);
         drop(sink);
@@ -270,18 +390,25 @@ pub fn write<R: Send>(
         return Err(e);
     }
     let produced = produced?;
-    Ok((
-        produced,
-        written.into_inner().unwrap(),
-        stats.into_inner().unwrap(),
-    ))
+    let written = std::mem::take(&mut *resolved.ids.lock().unwrap())
+        .into_values()
+        .collect();
+    Ok((produced, written, stats.into_inner().unwrap()))
 }
 
-/// A sealed chunk on its way to a pack: id, blob, raw length, data key number.
+/// A sealed chunk on its way to a pack: id, blob, raw length, key number.
 type Blob = (ChunkId, Vec<u8>, usize, u16);
 
+/// Blobs the packer holds before it asks the repository which it has.
+const BATCH: usize = 512;
+/// ... or this many bytes of them.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// Fills packs with blobs, writing each blob to the store as it comes, and
-/// hands each full pack to the uploader to be stored.
+/// hands each full pack to the uploader to be stored. Blobs come in
+/// batches: of each, those the repository holds, or a pack in flight holds,
+/// are dropped.
+#[allow(clippy::too_many_arguments)]
 fn pack_stage<'s>(
     repo: &'s Repository,
     blobs: Receiver<Blob>,
@@ -290,33 +417,90 @@ fn pack_stage<'s>(
     recipients: &super::Recipients,
     keys: &[DataKey],
     pool: &BufPool,
+    stored: &dyn Stored,
+    in_flight: &Mutex<HashSet<ChunkId>>,
+    stats: &Mutex<WriteStats>,
 ) -> Result<()> {
     let pack_size = repo.config.pack_size;
     // A pack is sealed before a blob would take it past `pack_size` (so
     // packs are at most that, unless one blob alone is larger), plus room
     // for the index, for stores that hold a pack whole.
     let size_hint = pack_size + (1 << 20);
-    let mut pack: Option<PackWriter<'s>> = None;
-    for (id, blob, raw, key) in blobs {
-        if let Some(full) = pack.take_if(|p| p.len() + blob.len() > pack_size)
-            && packs.send(full.seal(recipients, keys)?).is_err()
-        {
+    // Data and trees go to packs of their own: a listing is then read from
+    // few packs, never from the data.
+    let mut data: Option<PackWriter<'s>> = None;
+    let mut trees: Option<PackWriter<'s>> = None;
+    let mut batch: Vec<Blob> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut flush = |batch: &mut Vec<Blob>| -> Result<bool> {
+        let ask: Vec<ChunkId> = {
+            let f = in_flight.lock().unwrap();
+            batch
+                .iter()
+                .map(|b| b.0)
+                .filter(|id| !f.contains(id))
+                .collect()
+        };
+        let have = if ask.is_empty() {
+            HashSet::new()
+        } else {
+            stored.stored(&ask)?
+        };
+        for (id, blob, raw, key) in batch.drain(..) {
+            if have.contains(&id) || !in_flight.lock().unwrap().insert(id) {
+                pool.give(blob);
+                continue;
+            }
+            {
+                let mut st = stats.lock().unwrap();
+                if key == TREE_KEY {
+                    st.trees += 1;
+                } else {
+                    st.new_chunks += 1;
+                    st.new_bytes += raw as u64;
+                }
+            }
+            let pack = if key == TREE_KEY {
+                &mut trees
+            } else {
+                &mut data
+            };
+            if let Some(full) = pack.take_if(|p| p.len() + blob.len() > pack_size)
+                && packs.send(full.seal(recipients, keys)?).is_err()
+            {
+                return Ok(false);
+            }
+            let writer = match pack.as_mut() {
+                Some(p) => p,
+                // Only now: the send above returns once the uploader has stored
+                // the pack before and handed its buffer back.
+                None => pack.insert(PackWriter::new(
+                    repo.store
+                        .upload(spare.try_recv().unwrap_or_default(), size_hint)?,
+                )),
+            };
+            writer.add(id, &blob, raw, key)?;
+            pool.give(blob);
+        }
+        Ok(true)
+    };
+    for blob in blobs {
+        batch_bytes += blob.1.len();
+        batch.push(blob);
+        if batch.len() >= BATCH || batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            if !flush(&mut batch)? {
+                return Ok(());
+            }
+        }
+    }
+    if !flush(&mut batch)? {
+        return Ok(());
+    }
+    for last in [data, trees].into_iter().flatten() {
+        if packs.send(last.seal(recipients, keys)?).is_err() {
             return Ok(());
         }
-        let writer = match pack.as_mut() {
-            Some(p) => p,
-            // Only now: the send above returns once the uploader has stored
-            // the pack before and handed its buffer back.
-            None => pack.insert(PackWriter::new(
-                repo.store
-                    .upload(spare.try_recv().unwrap_or_default(), size_hint)?,
-            )),
-        };
-        writer.add(id, &blob, raw, key)?;
-        pool.give(blob);
-    }
-    if let Some(last) = pack {
-        let _ = packs.send(last.seal(recipients, keys)?);
     }
     Ok(())
 }
@@ -327,10 +511,17 @@ fn upload_stage(
     retain_until: Option<chrono::DateTime<chrono::Utc>>,
     on_pack: &OnPack<'_>,
     stats: &Mutex<WriteStats>,
+    in_flight: &Mutex<HashSet<ChunkId>>,
 ) -> Result<()> {
     for pack in packs {
         let (pack, meta, buffer) = pack.store(retain_until)?;
         on_pack(&pack, &meta)?;
+        // Recorded: the repository answers for these chunks from now on.
+        let mut f = in_flight.lock().unwrap();
+        for e in &pack.index {
+            f.remove(&e.id);
+        }
+        drop(f);
         let mut st = stats.lock().unwrap();
         st.packs += 1;
         st.stored_bytes += meta.size;
@@ -458,7 +649,7 @@ mod tests {
             stored.lock().unwrap().push(p.key.clone());
             Ok(())
         };
-        let result = write(&repo, HashSet::new(), 1, None, &on_pack, |sink| {
+        let result = write(&repo, &NothingStored, 1, None, &on_pack, |sink| {
             for tag in 0..200u64 {
                 let data = crate::repo::test_noise(tag + 1, 1 << 20);
                 sink.send(Job { tag, data })?;
@@ -508,7 +699,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let recipients = crate::repo::Recipients::parse(&[id.to_public().to_string()]).unwrap();
         let repo = Repository::init(store, recipients).unwrap();
-        let result = write(&repo, HashSet::new(), 1, None, &|_, _| Ok(()), |sink| {
+        let result = write(&repo, &NothingStored, 1, None, &|_, _| Ok(()), |sink| {
             // 200 distinct 1 MiB chunks: far more than the queues hold.
             for tag in 0..200u64 {
                 let data = crate::repo::test_noise(tag + 1, 1 << 20);

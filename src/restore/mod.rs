@@ -5,4 +5,5 @@
 pub mod beneath;
 pub mod etcd;
 pub mod resources;
+pub mod select;
 pub mod volume;

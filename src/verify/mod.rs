@@ -63,7 +63,16 @@ pub fn manifest_ids(repo: &Repository) -> Result<Vec<Uuid>> {
 
 /// Verifies `backups` (all when empty). `read_share`: `None` structural
 /// only, `Some(1.0)` every pack, `Some(0.1)` a random tenth.
-pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> Result<Report> {
+///
+/// A volume backup's trees are all read (each checked against its id) and
+/// located through `locate` (the catalog) when given, else through the
+/// indexes of the backup's packs.
+pub fn verify(
+    repo: &Repository,
+    backups: &[Uuid],
+    read_share: Option<f64>,
+    locate: Option<&dyn crate::repo::tree::Locate>,
+) -> Result<Report> {
     let identity = repo.identity()?;
     let ids = if backups.is_empty() {
         manifest_ids(repo)?
@@ -83,6 +92,14 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
             .and_then(|r| Manifest::open(id, &r.bytes, &repo.secret, identity))
             .and_then(|mut m| {
                 crate::repo::object_table::expand(repo, &mut m)?;
+                if m.tree.is_some() {
+                    let by_index = crate::repo::tree::IndexLocate::new(repo, m.packs.clone());
+                    let locate = crate::repo::tree::Fallback {
+                        first: locate,
+                        then: &by_index,
+                    };
+                    crate::repo::tree::fill(repo, &mut m, &locate, &crate::repo::tree::All)?;
+                }
                 Ok(m)
             });
         let manifest = match manifest {
@@ -100,6 +117,14 @@ pub fn verify(repo: &Repository, backups: &[Uuid], read_share: Option<f64>) -> R
                 (loc.offset, loc.id.0, loc.length, loc.raw_length),
                 loc.clone(),
             );
+        }
+        // Every pack a volume backup lists, its tree packs included.
+        for pack in &manifest.packs {
+            users
+                .entry(pack.clone())
+                .or_default()
+                .entry(id)
+                .or_default();
         }
         // A resources backup's packs: those of its object table (already
         // read whole above) and those of its objects, named by object.

@@ -1,33 +1,40 @@
 //! The volume source: a directory tree (or a raw block image) read file by
 //! file, with its metadata, into the write pipeline.
 //!
-//! Entries come out in a stable order (names sorted bytewise, depth first),
-//! so unchanged trees produce identical manifests. A file whose size, mtime,
-//! ctime and inode match the previous backup of the same volume is not read
-//! again: its chunk list is taken from that backup. Holes in sparse files are
-//! found with SEEK_DATA/SEEK_HOLE and not read at all. Special files (devices,
-//! fifos, sockets) are skipped with a warning: they carry no data to restore.
+//! The walk goes depth first, a directory's entries sorted bytewise, and
+//! turns each directory into a tree object ([`crate::repo::tree`]) once its
+//! files' chunks are known, so an unchanged directory is the same tree as
+//! in the previous backup and costs nothing. The previous backup's trees are
+//! read lazily, a directory at a time, as the walk reaches the directory: a
+//! file whose size, mtime, ctime and inode match is not read again, its
+//! chunk list is taken from there; a file that changed tells the pipeline
+//! its old chunks, which are then not stored again.
+//!
+//! Memory holds the directories on the walk's path and those walked whose
+//! files are still being read (a bounded queue of them), never the whole
+//! listing. Holes in sparse files are found with SEEK_DATA/SEEK_HOLE and not
+//! read at all. Special files (devices, fifos, sockets) are skipped with a
+//! warning: they carry no data to restore.
 
 mod escape;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-
-use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Condvar, Mutex};
 
 pub use escape::{escape, unescape};
 
 use crate::error::Result;
-use crate::repo::ChunkId;
 use crate::repo::chunker::{BLOCK_CHUNK, Chunking, Cutter};
-use crate::repo::manifest::{Entry, EntryKind, Problem};
+use crate::repo::manifest::{EntryKind, Problem};
+use crate::repo::tree::{Node, ROOT_NAME, Tree, TreeExtent, TreeReader};
 use crate::repo::writer::{Job, Sink};
+use crate::repo::{ChunkId, RepoSecret};
 
 /// What to back up.
 #[derive(Debug, Clone)]
@@ -46,48 +53,29 @@ impl Source {
     }
 }
 
-/// What the previous backup recorded of a file, to skip it when unchanged.
-/// Stored in the catalog (`backup_items.attrs`), which writers can read:
-/// they cannot decrypt old manifests, by design.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Stamp {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub ino: u64,
-    pub extents: Vec<StampExtent>,
+/// The previous backup of the same volume: its trees, read as needed.
+pub struct Parent<'a> {
+    pub reader: &'a TreeReader<'a>,
+    pub top: ChunkId,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StampExtent {
-    pub offset: u64,
-    pub length: u64,
-    pub chunks: Vec<ChunkId>,
-}
-
-/// A chunk reference before the pipeline has named every chunk.
-#[derive(Debug, Clone, Copy)]
-pub enum Ref {
-    Known(ChunkId),
-    Tag(u64),
-}
-
-/// The tree as read: entries in order, their chunk references per extent,
-/// and what went wrong.
+/// What a walk found and stored.
 #[derive(Debug, Default)]
-pub struct Scan {
-    pub entries: Vec<Entry>,
-    /// For each entry, per extent `(offset, length, refs)`.
-    pub refs: Vec<Vec<(u64, u64, Vec<Ref>)>>,
-    /// For each entry, `(ctime_ns, ino)` for the next incremental.
-    pub stamps: Vec<(i64, u64)>,
+pub struct Walked {
+    /// The top tree: the backup's listing.
+    pub top: Option<ChunkId>,
     pub problems: Vec<Problem>,
+    pub entries: u64,
+    pub directories: u64,
+    /// Files (and block images) in the backup, and their size.
+    pub files: u64,
+    pub bytes: u64,
     pub files_read: u64,
     pub files_unchanged: u64,
     pub bytes_unchanged: u64,
     pub skipped_special: u64,
-    /// Escaped paths of files taken unchanged from the previous backup.
-    pub unchanged: std::collections::HashSet<String>,
+    /// Trees stored new (directories that changed).
+    pub trees_new: u64,
 }
 
 /// Data is read in segments of at most this size, each cut into chunks on
@@ -101,175 +89,134 @@ const SEGMENT: u64 = 64 << 20;
 fn readers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
+/// Entries of walked directories waiting for their files' chunks before the
+/// oldest is finished (its tree made) by waiting: what bounds the walk's
+/// memory on a tree of millions of files, while the readers stay busy.
+const PENDING_ENTRIES: usize = 50_000;
+/// ... and directories.
+const PENDING_DIRS: usize = 256;
 
-/// Part of a file to read: `length` bytes at `offset` of entry `entry`.
+/// Part of a file to read: `length` bytes at `offset`.
 #[derive(Debug, Clone, Copy)]
 struct Task {
-    entry: usize,
     offset: u64,
     length: u64,
 }
 
-/// Reads `source` into `sink`. `parent` maps escaped paths to their stamps in
-/// the previous backup. `progress` is told how many bytes were read.
+type Outcome = std::result::Result<Vec<u64>, String>;
+
+/// What the readers made of each task, until the walk takes it.
+#[derive(Default)]
+struct Results {
+    done: Mutex<HashMap<usize, Outcome>>,
+    arrived: Condvar,
+}
+
+/// Reads `source` into `sink`, incremental against `parent`. `refs` is told
+/// of every chunk and tree the backup references, a directory at a time
+/// (what locates the packs it uses); `progress` of bytes read.
 ///
 /// The walk (metadata, unchanged files resolved from `parent`, data extents
 /// of the rest) runs on the calling thread and hands segments of data to
 /// [`readers`] threads as it finds them, so reading starts at once.
 pub fn read(
     source: &Source,
-    parent: &HashMap<String, Stamp>,
-    seed: u64,
+    parent: Option<Parent<'_>>,
+    secret: &RepoSecret,
     sink: &Sink,
+    refs: &mut dyn FnMut(Vec<ChunkId>),
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Scan> {
+) -> Result<Walked> {
     let chunking = match source {
-        Source::Dir(_) => Chunking::Cdc { seed },
+        Source::Dir(_) => Chunking::Cdc {
+            seed: secret.chunker_seed(),
+        },
         Source::Block(_) => Chunking::Fixed(BLOCK_CHUNK),
     };
     let (queue, tasks_rx) = sync_channel::<(usize, Task, Arc<PathBuf>)>(1024);
     let tasks_rx = Mutex::new(tasks_rx);
-    type Outcome = std::result::Result<Vec<Ref>, String>;
-    let results: Mutex<HashMap<usize, Outcome>> = Mutex::new(HashMap::new());
+    let results = Results::default();
     let pipeline_error: Mutex<Option<crate::Error>> = Mutex::new(None);
     let walked = std::thread::scope(|s| {
         for _ in 0..readers() {
             s.spawn(|| {
-                let mut open: Option<(usize, File)> = None;
+                let mut open: Option<(Arc<PathBuf>, File)> = None;
                 let mut cutter = Cutter::new(chunking);
                 loop {
                     let next = tasks_rx.lock().unwrap().recv();
                     let Ok((i, task, path)) = next else { return };
                     // After a failure, drain the queue so the walker never blocks.
-                    if sink.is_stopped() || pipeline_error.lock().unwrap().is_some() {
-                        continue;
-                    }
-                    let result =
+                    let result = if sink.is_stopped() || pipeline_error.lock().unwrap().is_some() {
+                        Err(NOT_READ.to_string())
+                    } else {
                         match read_task(i, &task, &path, &mut open, &mut cutter, sink, progress) {
-                            Ok(refs) => Ok(refs),
+                            Ok(tags) => Ok(tags),
                             Err(ReadError::Io(e)) => Err(e.to_string()),
                             Err(ReadError::Short) => {
                                 Err("changed size while being read".to_string())
                             }
                             Err(ReadError::Pipeline(e)) => {
                                 pipeline_error.lock().unwrap().get_or_insert(e);
-                                continue;
+                                Err(NOT_READ.to_string())
                             }
-                        };
-                    results.lock().unwrap().insert(i, result);
+                        }
+                    };
+                    results.done.lock().unwrap().insert(i, result);
+                    results.arrived.notify_all();
                 }
             });
         }
         let mut walker = Walker {
-            parent,
+            parent: parent.as_ref().map(|p| p.reader),
+            secret,
             sink,
+            results: &results,
+            refs,
             links: HashMap::new(),
-            scan: Scan::default(),
-            tasks: Vec::new(),
+            link_ok: HashMap::new(),
+            walked: Walked::default(),
+            next_task: 0,
             queue,
+            pending: VecDeque::new(),
+            pending_entries: 0,
+            next_seq: 0,
+            finished: HashMap::new(),
+            unreached: 0,
         };
-        let walked = walker.walk(source);
+        let walked = walker.walk(source, parent.as_ref().map(|p| p.top));
         // Dropping the walker closes the queue; the readers then finish.
-        let Walker { scan, tasks, .. } = walker;
-        walked.map(|()| (scan, tasks))
+        let unreached = walker.unreached;
+        let out = walked.map(|()| std::mem::take(&mut walker.walked));
+        drop(walker);
+        if unreached > 0 {
+            tracing::warn!(
+                files = unreached,
+                "not read: the backup stopped before reaching them"
+            );
+        }
+        out
     });
     if let Some(e) = pipeline_error.into_inner().unwrap() {
         return Err(e);
     }
-    let (mut scan, tasks) = walked?;
-    let mut results = results.into_inner().unwrap();
-
-    // Assemble extents from their segments; drop files that failed.
-    let mut failed: HashMap<usize, String> = HashMap::new();
-    let mut by_entry: HashMap<usize, Vec<(u64, u64, Vec<Ref>)>> = HashMap::new();
-    for (i, task) in tasks.iter().enumerate() {
-        match results.remove(&i) {
-            Some(Ok(refs)) => {
-                let extents = by_entry.entry(task.entry).or_default();
-                match extents.last_mut() {
-                    Some(last) if last.0 + last.1 == task.offset => {
-                        last.1 += task.length;
-                        last.2.extend(refs);
-                    }
-                    _ => extents.push((task.offset, task.length, refs)),
-                }
-            }
-            Some(Err(e)) => {
-                failed.entry(task.entry).or_insert(e);
-            }
-            None => {
-                failed.entry(task.entry).or_insert_with(|| NOT_READ.into());
-            }
-        }
-    }
-    for (entry, refs) in by_entry {
-        if !failed.contains_key(&entry) {
-            scan.refs[entry] = refs;
-            scan.files_read += 1;
-        }
-    }
-    if !failed.is_empty() {
-        drop_failed(&mut scan, failed);
-    }
-    Ok(scan)
+    walked
 }
 
 /// Why a file has no data when the pipeline stopped before reading it.
 const NOT_READ: &str = "not read";
 
-/// Removes entries whose data could not be read (and the other names of
-/// those files), reporting each as a problem.
-fn drop_failed(scan: &mut Scan, failed: HashMap<usize, String>) {
-    let mut keep = vec![true; scan.entries.len()];
-    let mut dropped: Vec<String> = Vec::new();
-    let mut failed: Vec<_> = failed.into_iter().collect();
-    failed.sort();
-    // Files never reached because the pipeline stopped (its error is what
-    // the run reports) are one line in the log, not one line each.
-    let unreached = failed.iter().filter(|(_, e)| e == NOT_READ).count();
-    if unreached > 0 {
-        tracing::warn!(
-            files = unreached,
-            "not read: the backup stopped before reaching them"
-        );
-    }
-    for (entry, error) in failed {
-        keep[entry] = false;
-        let path = scan.entries[entry].path.clone();
-        if error != NOT_READ {
-            tracing::warn!(%path, %error, "not backed up");
-        }
-        scan.problems.push(Problem {
-            path: path.clone(),
-            error: format!("vanished or unreadable: {error}"),
-        });
-        dropped.push(path);
-    }
-    for (i, e) in scan.entries.iter().enumerate() {
-        if e.kind == EntryKind::Hardlink && e.target.as_ref().is_some_and(|t| dropped.contains(t)) {
-            keep[i] = false;
-        }
-    }
-    let mut k = keep.iter();
-    scan.entries.retain(|_| *k.next().unwrap());
-    let mut k = keep.iter();
-    scan.refs.retain(|_| *k.next().unwrap());
-    let mut k = keep.iter();
-    scan.stamps.retain(|_| *k.next().unwrap());
-}
-
 fn read_task(
     i: usize,
     task: &Task,
-    path: &Path,
-    open: &mut Option<(usize, File)>,
+    path: &Arc<PathBuf>,
+    open: &mut Option<(Arc<PathBuf>, File)>,
     cutter: &mut Cutter,
     sink: &Sink,
     progress: &(dyn Fn(u64) + Sync),
-) -> std::result::Result<Vec<Ref>, ReadError> {
-    if open.as_ref().is_none_or(|(e, _)| *e != task.entry) {
+) -> std::result::Result<Vec<u64>, ReadError> {
+    if open.as_ref().is_none_or(|(p, _)| !Arc::ptr_eq(p, path)) {
         *open = None;
-        *open = Some((task.entry, open_nofollow(path)?));
+        *open = Some((path.clone(), open_nofollow(path)?));
     }
     let mut f = &open.as_ref().expect("opened above").1;
     f.seek(SeekFrom::Start(task.offset))?;
@@ -279,7 +226,7 @@ fn read_task(
         let tag = ((i as u64) << 16) | seq;
         seq += 1;
         progress(data.len() as u64);
-        refs.push(Ref::Tag(tag));
+        refs.push(tag);
         let mut buf = sink.buffer();
         buf.extend_from_slice(data);
         sink.send(Job { tag, data: buf })
@@ -305,32 +252,78 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
         })
 }
 
-struct Walker<'a> {
-    parent: &'a HashMap<String, Stamp>,
-    sink: &'a Sink,
-    /// (dev, ino) → escaped path of the first name of a hard-linked file.
-    links: HashMap<(u64, u64), String>,
-    scan: Scan,
-    /// Data to read, in entry order (kept to assemble the extents).
-    tasks: Vec<Task>,
-    /// Where the readers take tasks from.
-    queue: SyncSender<(usize, Task, Arc<PathBuf>)>,
+/// An entry of a walked directory, waiting for what its node needs.
+enum Pending {
+    Ready(Node),
+    /// A file being read: its segments' task numbers, offsets and lengths.
+    File {
+        node: Node,
+        segments: Vec<(usize, u64, u64)>,
+        /// The first name of a hard-linked file.
+        linked: bool,
+    },
+    /// A subdirectory, finished under `seq` (before this directory).
+    Dir {
+        node: Node,
+        seq: u64,
+    },
+    /// Another name of a file: kept only if that file's data was read.
+    Link {
+        node: Node,
+        target_tasks: Vec<usize>,
+    },
 }
 
-fn entry(path: String, kind: EntryKind, m: &fs::Metadata) -> Entry {
-    Entry {
-        path,
+/// A walked directory whose tree is not made yet.
+struct PendingDir {
+    seq: u64,
+    /// Escaped path from the root ("" for the root; None for the top).
+    path: Option<String>,
+    /// Its tree in the previous backup.
+    parent: Option<ChunkId>,
+    entries: Vec<Pending>,
+}
+
+struct Walker<'a, 'r> {
+    parent: Option<&'a TreeReader<'a>>,
+    secret: &'a RepoSecret,
+    sink: &'a Sink,
+    results: &'a Results,
+    refs: &'r mut dyn FnMut(Vec<ChunkId>),
+    /// (dev, ino) → escaped path and data tasks of the first name of a
+    /// hard-linked file.
+    links: HashMap<(u64, u64), (String, Vec<usize>)>,
+    /// Whether the first name of a hard-linked file was backed up, once
+    /// its directory is finished.
+    link_ok: HashMap<String, bool>,
+    walked: Walked,
+    next_task: usize,
+    /// Where the readers take tasks from.
+    queue: SyncSender<(usize, Task, Arc<PathBuf>)>,
+    /// Walked directories in the order they were walked (children first).
+    pending: VecDeque<PendingDir>,
+    pending_entries: usize,
+    next_seq: u64,
+    /// Trees made of directories whose parent is not finished yet.
+    finished: HashMap<u64, ChunkId>,
+    unreached: u64,
+}
+
+fn node(name: String, kind: EntryKind, m: &fs::Metadata) -> Node {
+    Node {
+        name,
         kind,
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: ctime_ns(m),
+        ino: m.ino(),
         size: 0,
         target: None,
         xattrs: Vec::new(),
         extents: Vec::new(),
-        ctime_ns: Some(ctime_ns(m)),
-        ino: Some(m.ino()),
+        subtree: None,
     }
 }
 
@@ -352,9 +345,19 @@ fn xattrs(path: &Path) -> Vec<(String, String)> {
     out
 }
 
-impl Walker<'_> {
-    fn walk(&mut self, source: &Source) -> Result<()> {
-        match source {
+impl Walker<'_, '_> {
+    fn walk(&mut self, source: &Source, parent_top: Option<ChunkId>) -> Result<()> {
+        let parent_top_tree = match (parent_top, self.parent) {
+            (Some(top), Some(reader)) => match reader.load(&top, "") {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e.report(), "the previous backup's listing cannot be read: every file is read again");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let top = match source {
             Source::Dir(root) => {
                 let meta = fs::symlink_metadata(root).map_err(|e| {
                     crate::Error::new(
@@ -370,42 +373,76 @@ impl Walker<'_> {
                     ))
                     .with_guidance("use --block FILE for a block image or device"));
                 }
-                self.dir(root, Vec::new(), &meta)
+                let parent_root = parent_top_tree
+                    .as_ref()
+                    .and_then(|t| t.get(ROOT_NAME))
+                    .and_then(|n| n.subtree);
+                let mut n = node(ROOT_NAME.into(), EntryKind::Dir, &meta);
+                n.xattrs = xattrs(root);
+                self.walked.entries += 1;
+                self.walked.directories += 1;
+                let seq = self.dir(root, Vec::new(), parent_root)?;
+                Pending::Dir { node: n, seq }
             }
-            Source::Block(path) => self.block(path),
+            Source::Block(path) => self.block(path, parent_top_tree.as_ref())?,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back(PendingDir {
+            seq,
+            path: None,
+            parent: parent_top,
+            entries: vec![top],
+        });
+        while !self.pending.is_empty() {
+            self.finish_oldest()?;
         }
+        self.walked.top = self.finished.remove(&seq);
+        if self.sink.is_stopped() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Failed,
+                "the write pipeline stopped",
+            ));
+        }
+        Ok(())
     }
 
     fn problem(&mut self, rel: &[u8], err: impl std::fmt::Display) {
         let path = escape(rel);
         tracing::warn!(%path, error = %err, "not backed up");
-        self.scan.problems.push(Problem {
+        self.walked.problems.push(Problem {
             path,
             error: err.to_string(),
         });
     }
 
-    fn push(&mut self, e: Entry, refs: Vec<(u64, u64, Vec<Ref>)>, stamp: (i64, u64)) {
-        self.scan.entries.push(e);
-        self.scan.refs.push(refs);
-        self.scan.stamps.push(stamp);
-    }
-
-    fn dir(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<()> {
-        let mut e = entry(escape(&rel), EntryKind::Dir, meta);
-        e.xattrs = xattrs(abs);
-        self.push(e, Vec::new(), (ctime_ns(meta), meta.ino()));
+    /// Walks directory `abs` (escaped path `rel`), whose tree in the
+    /// previous backup is `parent`; returns the number its tree will be
+    /// finished under.
+    fn dir(&mut self, abs: &Path, rel: Vec<u8>, parent: Option<ChunkId>) -> Result<u64> {
+        let rel_escaped = escape(&rel);
+        let parent_tree = match (parent, self.parent) {
+            (Some(id), Some(reader)) => match reader.load(&id, &rel_escaped) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(path = %rel_escaped, error = %e.report(), "the previous backup's listing of this directory cannot be read: its files are read again");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut entries = Vec::new();
         let mut children: Vec<_> = match fs::read_dir(abs) {
             Ok(rd) => rd.filter_map(|r| r.ok()).map(|d| d.file_name()).collect(),
             Err(err) => {
                 self.problem(&rel, format!("cannot list directory: {err}"));
-                return Ok(());
+                Vec::new()
             }
         };
         children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in children {
             if self.sink.is_stopped() {
-                return Ok(());
+                break;
             }
             let child_abs = abs.join(&name);
             let mut child_rel = rel.clone();
@@ -413,6 +450,8 @@ impl Walker<'_> {
                 child_rel.push(b'/');
             }
             child_rel.extend_from_slice(name.as_bytes());
+            let escaped_name = escape(name.as_bytes());
+            let before = parent_tree.as_ref().and_then(|t| t.get(&escaped_name));
             let meta = match fs::symlink_metadata(&child_abs) {
                 Ok(m) => m,
                 Err(err) => {
@@ -422,15 +461,27 @@ impl Walker<'_> {
             };
             let ft = meta.file_type();
             if ft.is_dir() {
-                self.dir(&child_abs, child_rel, &meta)?;
+                let mut n = node(escaped_name, EntryKind::Dir, &meta);
+                n.xattrs = xattrs(&child_abs);
+                self.walked.entries += 1;
+                self.walked.directories += 1;
+                let sub = before
+                    .filter(|b| b.kind == EntryKind::Dir)
+                    .and_then(|b| b.subtree);
+                let seq = self.dir(&child_abs, child_rel, sub)?;
+                entries.push(Pending::Dir { node: n, seq });
             } else if ft.is_file() {
-                self.file(&child_abs, child_rel, &meta)?;
+                if let Some(p) = self.file(&child_abs, &child_rel, escaped_name, &meta, before) {
+                    self.walked.entries += 1;
+                    entries.push(p);
+                }
             } else if ft.is_symlink() {
                 match fs::read_link(&child_abs) {
                     Ok(target) => {
-                        let mut e = entry(escape(&child_rel), EntryKind::Symlink, &meta);
-                        e.target = Some(escape(target.as_os_str().as_bytes()));
-                        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
+                        let mut n = node(escaped_name, EntryKind::Symlink, &meta);
+                        n.target = Some(escape(target.as_os_str().as_bytes()));
+                        self.walked.entries += 1;
+                        entries.push(Pending::Ready(n));
                     }
                     Err(err) => self.problem(&child_rel, format!("cannot read symlink: {err}")),
                 }
@@ -443,55 +494,72 @@ impl Walker<'_> {
                     "device"
                 };
                 tracing::warn!(path = %escape(&child_rel), kind = what, "special file skipped");
-                self.scan.skipped_special += 1;
+                self.walked.skipped_special += 1;
             }
         }
-        Ok(())
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_entries += entries.len();
+        self.pending.push_back(PendingDir {
+            seq,
+            path: Some(rel_escaped),
+            parent,
+            entries,
+        });
+        while self.pending_entries > PENDING_ENTRIES || self.pending.len() > PENDING_DIRS {
+            self.finish_oldest()?;
+        }
+        Ok(seq)
     }
 
-    fn file(&mut self, abs: &Path, rel: Vec<u8>, meta: &fs::Metadata) -> Result<()> {
-        let path = escape(&rel);
-        if meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                let mut e = entry(path, EntryKind::Hardlink, meta);
-                e.target = Some(first.clone());
-                self.push(e, Vec::new(), (ctime_ns(meta), meta.ino()));
-                return Ok(());
-            }
-            self.links.insert((meta.dev(), meta.ino()), path.clone());
-        }
-        // Unchanged since the previous backup: reuse its chunks, read nothing.
-        if let Some(stamp) = self.parent.get(&path)
-            && stamp.size == meta.size()
-            && stamp.mtime_ns == meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
-            && stamp.ctime_ns == ctime_ns(meta)
-            && stamp.ino == meta.ino()
+    /// A regular file: unchanged since `before` (its chunks reused, nothing
+    /// read), another name of a file seen, or one to read.
+    fn file(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        name: String,
+        meta: &fs::Metadata,
+        before: Option<&Node>,
+    ) -> Option<Pending> {
+        let path = escape(rel);
+        if meta.nlink() > 1
+            && let Some((first, tasks)) = self.links.get(&(meta.dev(), meta.ino()))
         {
-            let mut e = entry(path, EntryKind::File, meta);
-            e.size = meta.size();
-            e.xattrs = xattrs(abs);
-            let refs = stamp
-                .extents
-                .iter()
-                .map(|x| {
-                    (
-                        x.offset,
-                        x.length,
-                        x.chunks.iter().map(|c| Ref::Known(*c)).collect(),
-                    )
-                })
-                .collect();
-            self.scan.files_unchanged += 1;
-            self.scan.unchanged.insert(e.path.clone());
-            self.scan.bytes_unchanged += meta.size();
-            self.push(e, refs, (ctime_ns(meta), meta.ino()));
-            return Ok(());
+            let mut n = node(name, EntryKind::Hardlink, meta);
+            n.target = Some(first.clone());
+            return Some(Pending::Link {
+                node: n,
+                target_tasks: tasks.clone(),
+            });
+        }
+        let before = before.filter(|b| b.kind == EntryKind::File);
+        // Unchanged since the previous backup: reuse its chunks, read nothing.
+        if let Some(b) = before
+            && b.size == meta.size()
+            && b.mtime_ns == meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+            && b.ctime_ns == ctime_ns(meta)
+            && b.ino == meta.ino()
+        {
+            let mut n = node(name, EntryKind::File, meta);
+            n.size = meta.size();
+            n.xattrs = xattrs(abs);
+            n.extents = b.extents.clone();
+            self.walked.files += 1;
+            self.walked.bytes += n.size;
+            self.walked.files_unchanged += 1;
+            self.walked.bytes_unchanged += meta.size();
+            if meta.nlink() > 1 {
+                self.links
+                    .insert((meta.dev(), meta.ino()), (path, Vec::new()));
+            }
+            return Some(Pending::Ready(n));
         }
         let file = match open_nofollow(abs) {
             Ok(f) => f,
             Err(err) => {
-                self.problem(&rel, format!("vanished or unreadable: {err}"));
-                return Ok(());
+                self.problem(rel, format!("vanished or unreadable: {err}"));
+                return None;
             }
         };
         // The metadata of what we opened, not of what was there a moment ago.
@@ -501,23 +569,40 @@ impl Walker<'_> {
         {
             Ok(v) => v,
             Err(err) => {
-                self.problem(&rel, err);
-                return Ok(());
+                self.problem(rel, err);
+                return None;
             }
         };
-        let mut e = entry(path, EntryKind::File, &meta);
-        e.size = meta.size();
-        e.xattrs = xattrs(abs);
-        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
-        self.add_tasks(abs, &extents);
-        Ok(())
+        // Its previous version's chunks are stored: those that did not
+        // change are not stored again.
+        if let Some(b) = before {
+            self.sink
+                .hint(b.extents.iter().flat_map(|x| x.chunks.iter().copied()));
+        }
+        let mut n = node(name, EntryKind::File, &meta);
+        n.size = meta.size();
+        n.xattrs = xattrs(abs);
+        self.walked.files += 1;
+        self.walked.bytes += n.size;
+        let segments = self.add_tasks(abs, &extents);
+        if meta.nlink() > 1 {
+            self.links.insert(
+                (meta.dev(), meta.ino()),
+                (path, segments.iter().map(|s| s.0).collect()),
+            );
+        }
+        Some(Pending::File {
+            node: n,
+            segments,
+            linked: meta.nlink() > 1,
+        })
     }
 
-    /// Queues the data of the entry just pushed, in segments.
-    fn add_tasks(&mut self, abs: &Path, extents: &[(u64, u64)]) {
-        let entry = self.scan.entries.len() - 1;
+    /// Queues a file's data, in segments; returns them.
+    fn add_tasks(&mut self, abs: &Path, extents: &[(u64, u64)]) -> Vec<(usize, u64, u64)> {
+        let mut segments = Vec::new();
         if extents.is_empty() {
-            return;
+            return segments;
         }
         let path = Arc::new(abs.to_path_buf());
         for &(offset, length) in extents {
@@ -525,20 +610,176 @@ impl Walker<'_> {
             while at < offset + length {
                 let n = SEGMENT.min(offset + length - at);
                 let task = Task {
-                    entry,
                     offset: at,
                     length: n,
                 };
+                let i = self.next_task;
+                self.next_task += 1;
                 // A closed queue means the readers stopped; the error that
                 // stopped them is reported by the pipeline.
-                let _ = self.queue.send((self.tasks.len(), task, path.clone()));
-                self.tasks.push(task);
+                if self.queue.send((i, task, path.clone())).is_err() {
+                    self.results
+                        .done
+                        .lock()
+                        .unwrap()
+                        .insert(i, Err(NOT_READ.into()));
+                }
+                segments.push((i, at, n));
                 at += n;
             }
         }
+        segments
     }
 
-    fn block(&mut self, path: &Path) -> Result<()> {
+    /// Waits for the outcome of task `i` and takes it.
+    fn take_result(&self, i: usize) -> Outcome {
+        let mut done = self.results.done.lock().unwrap();
+        loop {
+            if let Some(r) = done.remove(&i) {
+                return r;
+            }
+            done = self.results.arrived.wait(done).unwrap();
+        }
+    }
+
+    /// Whether task `i` read its data, waiting for it; the outcome stays.
+    fn peek_result(&self, i: usize) -> bool {
+        let mut done = self.results.done.lock().unwrap();
+        loop {
+            if let Some(r) = done.get(&i) {
+                return r.is_ok();
+            }
+            done = self.results.arrived.wait(done).unwrap();
+        }
+    }
+
+    /// Makes the tree of the oldest walked directory, waiting for its
+    /// files' data to be read and their chunks named; stores it when it is
+    /// not the previous backup's.
+    fn finish_oldest(&mut self) -> Result<()> {
+        let Some(dir) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.pending_entries = self.pending_entries.saturating_sub(dir.entries.len());
+        let mut nodes = Vec::with_capacity(dir.entries.len());
+        let mut refs = Vec::new();
+        let at = |name: &str| match &dir.path {
+            Some(p) if !p.is_empty() => format!("{p}/{name}"),
+            _ => name.to_string(),
+        };
+        for pending in dir.entries {
+            match pending {
+                Pending::Ready(n) => {
+                    refs.extend(n.extents.iter().flat_map(|x| x.chunks.iter().copied()));
+                    nodes.push(n);
+                }
+                Pending::Dir { mut node, seq } => {
+                    let Some(id) = self.finished.remove(&seq) else {
+                        // Its walk stopped (the pipeline failed).
+                        continue;
+                    };
+                    node.subtree = Some(id);
+                    nodes.push(node);
+                }
+                Pending::Link { node, target_tasks } => {
+                    let target = node.target.clone().unwrap_or_default();
+                    let ok = match self.link_ok.get(&target) {
+                        Some(ok) => *ok,
+                        None => target_tasks.iter().all(|&i| self.peek_result(i)),
+                    };
+                    if ok {
+                        nodes.push(node);
+                    }
+                }
+                Pending::File {
+                    mut node,
+                    segments,
+                    linked,
+                } => {
+                    let path = at(&node.name);
+                    let mut extents: Vec<TreeExtent> = Vec::new();
+                    let mut failed: Option<String> = None;
+                    for (i, offset, length) in segments {
+                        match self.take_result(i) {
+                            Ok(tags) if failed.is_none() => {
+                                let mut ids = Vec::with_capacity(tags.len());
+                                for t in tags {
+                                    match self.sink.resolve(t) {
+                                        Some(id) => ids.push(id),
+                                        None => {
+                                            failed = Some(NOT_READ.into());
+                                            break;
+                                        }
+                                    }
+                                }
+                                match extents.last_mut() {
+                                    Some(last) if last.offset + last.length == offset => {
+                                        last.length += length;
+                                        last.chunks.extend(ids);
+                                    }
+                                    _ => extents.push(TreeExtent {
+                                        offset,
+                                        length,
+                                        chunks: ids,
+                                    }),
+                                }
+                            }
+                            Ok(tags) => {
+                                // Named by the workers all the same: take
+                                // them so they do not pile up.
+                                for t in tags {
+                                    self.sink.resolve(t);
+                                }
+                            }
+                            Err(e) => {
+                                failed.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if linked {
+                        self.link_ok.insert(path.clone(), failed.is_none());
+                    }
+                    match failed {
+                        None => {
+                            self.walked.files_read += 1;
+                            refs.extend(extents.iter().flat_map(|x| x.chunks.iter().copied()));
+                            node.extents = extents;
+                            nodes.push(node);
+                        }
+                        Some(e) => {
+                            self.walked.files = self.walked.files.saturating_sub(1);
+                            self.walked.bytes = self.walked.bytes.saturating_sub(node.size);
+                            if e == NOT_READ {
+                                self.unreached += 1;
+                            } else {
+                                tracing::warn!(%path, error = %e, "not backed up");
+                            }
+                            self.walked.problems.push(Problem {
+                                path,
+                                error: format!("vanished or unreadable: {e}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let tree = Tree { nodes };
+        let bytes = tree.encode();
+        let id = self.secret.tree_id(&bytes);
+        if dir.parent != Some(id) {
+            self.walked.trees_new += 1;
+            // A closed pipeline reports its own error.
+            let _ = self.sink.send_tree(id, bytes);
+        }
+        refs.push(id);
+        (self.refs)(refs);
+        self.finished.insert(dir.seq, id);
+        Ok(())
+    }
+
+    /// A block image or device: the top tree's one node, read whole.
+    fn block(&mut self, path: &Path, parent_top: Option<&Tree>) -> Result<Pending> {
         let mut file = File::open(path).map_err(|e| {
             crate::Error::new(
                 crate::ErrorKind::NotFound,
@@ -570,11 +811,22 @@ impl Walker<'_> {
                 .with_source(e)
             })?
         };
-        let mut e = entry(escape(&name), EntryKind::Block, &meta);
-        e.size = size;
-        self.push(e, Vec::new(), (ctime_ns(&meta), meta.ino()));
-        self.add_tasks(path, &extents);
-        Ok(())
+        let name = escape(&name);
+        if let Some(before) = parent_top.and_then(|t| t.get(&name)) {
+            self.sink
+                .hint(before.extents.iter().flat_map(|x| x.chunks.iter().copied()));
+        }
+        let mut n = node(name, EntryKind::Block, &meta);
+        n.size = size;
+        self.walked.entries += 1;
+        self.walked.files += 1;
+        self.walked.bytes += size;
+        let segments = self.add_tasks(path, &extents);
+        Ok(Pending::File {
+            node: n,
+            segments,
+            linked: false,
+        })
     }
 }
 
