@@ -186,12 +186,19 @@ async fn tampering_is_detected_and_never_restored() {
     // Two volumes, so two packs with valid but different contents.
     std::fs::write(src.join("a.bin"), noise(10, 3 << 20)).unwrap();
     let a = env.backup(&src, "a");
-    let pack_a = packs(&env)[0].clone();
+    // Data packs: each backup has a small tree pack too (its listing).
+    let data = |env: &VolumeEnv| -> Vec<std::path::PathBuf> {
+        packs(env)
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).unwrap().len() > 64 << 10)
+            .collect()
+    };
+    let pack_a = data(&env)[0].clone();
     let src_b = env.ws.path("src-b");
     std::fs::create_dir_all(&src_b).unwrap();
     std::fs::write(src_b.join("b.bin"), noise(11, 3 << 20)).unwrap();
     env.backup(&src_b, "b");
-    let pack_b = packs(&env).into_iter().find(|p| *p != pack_a).unwrap();
+    let pack_b = data(&env).into_iter().find(|p| *p != pack_a).unwrap();
     let original = std::fs::read(&pack_a).unwrap();
     let id = a["backup_id"].as_str().unwrap();
 

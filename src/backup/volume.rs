@@ -144,15 +144,21 @@ async fn run_volume(
     // The packs the backup uses, found while it runs: every chunk and tree
     // it references is looked up in the catalog, a batch at a time. Those
     // not recorded yet (in packs being written) are asked again later.
-    let (refs_tx, refs_rx) = tokio::sync::mpsc::channel::<Vec<ChunkId>>(4);
-    let locator = tokio::spawn(locate_packs(catalog.clone(), repo_id, refs_rx));
+    // Unbounded: the walk sends a batch per 10,000 references and the
+    // locator answers each with one query, so it keeps up; a bound would
+    // let a slow catalog stall the pipeline's uploader, which also sends.
+    let (refs_tx, refs_rx) = tokio::sync::mpsc::unbounded_channel::<Located>();
+    let stored_tx = refs_tx.clone();
     let written_packs: Arc<Mutex<BTreeSet<String>>> = Default::default();
     let written2 = written_packs.clone();
+    let locator = tokio::spawn(locate_packs(catalog.clone(), repo_id, refs_rx));
     let (walked, _, stats) = tokio::task::spawn_blocking(move || {
         let record = super::record_packs(&handle, &catalog2, repo_id);
         let on_pack = |p: &crate::repo::pack::StoredPack, m: &crate::store::ObjectMeta| {
             record(p, m)?;
             written2.lock().unwrap().insert(p.key.clone());
+            let ids = p.index.iter().map(|e| e.id).collect();
+            let _ = stored_tx.send(Located::Stored(p.key.clone(), ids));
             Ok(())
         };
         let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
@@ -179,7 +185,7 @@ async fn run_volume(
                     batch.extend(ids);
                     if batch.len() >= REF_BATCH {
                         // A closed locator reports its own error.
-                        let _ = refs_tx.blocking_send(std::mem::take(&mut batch));
+                        let _ = refs_tx.send(Located::Refs(std::mem::take(&mut batch)));
                     }
                 };
                 let parent = parent_top.map(|top| volume::Parent {
@@ -188,7 +194,8 @@ async fn run_volume(
                 });
                 let walked =
                     volume::read(&source2, parent, &repo2.secret, sink, &mut refs, &*progress);
-                let _ = refs_tx.blocking_send(batch);
+                let _ = refs_tx.send(Located::Refs(batch));
+                drop(refs_tx);
                 walked
             },
         )
@@ -266,59 +273,61 @@ async fn run_volume(
     Ok(summary)
 }
 
-/// Adds the packs holding `ids` to `packs`; returns the ids the catalog
-/// does not know (yet). Counts first: when every id is found, no id is
-/// sent back.
-async fn packs_of(
-    catalog: &Catalog,
-    repo_id: Uuid,
-    ids: &mut Vec<ChunkId>,
-    packs: &mut BTreeSet<String>,
-) -> Result<Vec<ChunkId>> {
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut n = 0u64;
-    for (pack, count) in catalog.packs_of_counted(repo_id, ids).await? {
-        n += count;
-        packs.insert(pack);
-    }
-    if n == ids.len() as u64 {
-        return Ok(Vec::new());
-    }
-    let located = catalog.chunk_locations(repo_id, ids).await?;
-    Ok(ids
-        .iter()
-        .filter(|i| !located.contains_key(i))
-        .copied()
-        .collect())
+/// What the locator is told: a batch of references, or a pack this backup
+/// stored (with the chunks in it).
+enum Located {
+    Refs(Vec<ChunkId>),
+    Stored(String, Vec<ChunkId>),
 }
 
-/// The packs holding the chunks and trees sent on `refs`. Ids the catalog
-/// does not know yet are in packs still being written: they are asked again
-/// with the next batch, and once more at the end, when every pack of the
-/// backup is recorded; one still unknown then is an integrity error, never
-/// a backup whose packs gc could take.
+/// The packs holding the chunks and trees sent as [`Located::Refs`], found
+/// while the backup runs: the catalog is asked once per batch. An id it
+/// does not know is in a pack of this backup not stored yet; it waits until
+/// that pack is ([`Located::Stored`]), so what waits is at most the chunks
+/// of the packs in flight. One still unknown at the end (asked once more)
+/// is an integrity error, never a backup whose packs gc could take.
 async fn locate_packs(
     catalog: Catalog,
     repo_id: Uuid,
-    mut refs: tokio::sync::mpsc::Receiver<Vec<ChunkId>>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Located>,
 ) -> Result<BTreeSet<String>> {
     let mut packs = BTreeSet::new();
-    let mut missing: Vec<ChunkId> = Vec::new();
-    while let Some(mut ids) = refs.recv().await {
-        ids.append(&mut missing);
-        missing = packs_of(&catalog, repo_id, &mut ids, &mut packs).await?;
+    let mut missing: std::collections::HashSet<ChunkId> = Default::default();
+    while let Some(event) = events.recv().await {
+        match event {
+            Located::Stored(key, ids) => {
+                let before = missing.len();
+                for id in &ids {
+                    missing.remove(id);
+                }
+                if missing.len() < before {
+                    packs.insert(key);
+                }
+            }
+            Located::Refs(mut ids) => {
+                ids.sort_unstable();
+                ids.dedup();
+                let found = catalog.packs_of(repo_id, &ids).await?;
+                let known: std::collections::HashSet<ChunkId> =
+                    found.iter().map(|(id, _)| *id).collect();
+                packs.extend(found.into_iter().map(|(_, p)| p));
+                missing.extend(ids.into_iter().filter(|i| !known.contains(i)));
+            }
+        }
     }
-    let still = packs_of(&catalog, repo_id, &mut missing, &mut packs).await?;
-    if let Some(first) = still.first() {
+    if !missing.is_empty() {
+        let ids: Vec<ChunkId> = missing.iter().copied().collect();
+        for (id, pack) in catalog.packs_of(repo_id, &ids).await? {
+            missing.remove(&id);
+            packs.insert(pack);
+        }
+    }
+    if let Some(first) = missing.iter().next() {
         return Err(Error::new(
             ErrorKind::Integrity,
             format!(
                 "{} chunk(s) the backup references are not stored, first {}",
-                still.len(),
+                missing.len(),
                 first.to_hex()
             ),
         )

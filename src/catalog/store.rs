@@ -65,17 +65,11 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The packs that hold `ids` (those the catalog knows), each once with
-    /// how many of `ids` it holds.
-    pub async fn packs_of_counted(
-        &self,
-        repo: Uuid,
-        ids: &[ChunkId],
-    ) -> Result<Vec<(String, u64)>> {
+    /// Of `ids`, those the catalog knows, with the pack holding each.
+    pub async fn packs_of(&self, repo: Uuid, ids: &[ChunkId]) -> Result<Vec<(ChunkId, String)>> {
         let keys: Vec<Vec<u8>> = ids.iter().map(|c| c.0.to_vec()).collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT pack_key, count(*) FROM chunks WHERE repository_id = $1 AND id = ANY($2) \
-             GROUP BY pack_key",
+        let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
+            "SELECT id, pack_key FROM chunks WHERE repository_id = $1 AND id = ANY($2)",
         )
         .bind(repo)
         .bind(&keys)
@@ -83,7 +77,10 @@ impl Catalog {
         .bounded()
         .await
         .map_err(query_error)?;
-        Ok(rows.into_iter().map(|(p, n)| (p, n as u64)).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, p)| id.try_into().ok().map(|id| (ChunkId(id), p)))
+            .collect())
     }
 
     /// Records a stored pack and the chunks of its index, in one

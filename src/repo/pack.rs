@@ -279,7 +279,7 @@ fn verify_pack(key: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn mismatch(key: &str) -> Error {
+pub(crate) fn mismatch(key: &str) -> Error {
     Error::new(
         ErrorKind::Integrity,
         format!("pack {key} is damaged or replaced: its SHA-256 does not match its key"),

@@ -236,14 +236,17 @@ impl<'a> TreeReader<'a> {
         }
         let found = crate::store::read_first_matching(self.store, key, self.max_pack, &|b| {
             super::pack::pack_key(&crate::store::sha256(b)) == key
-        })?
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("tree pack {key} is missing, damaged or replaced"),
-            )
-            .with_guidance("run `drctl verify` to list the backups it affects")
         })?;
+        let Some(found) = found else {
+            if crate::store::original(self.store, key)?.is_none() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("tree pack {key} does not exist"),
+                )
+                .with_guidance("run `drctl verify` to list the backups it affects"));
+            }
+            return Err(super::pack::mismatch(key));
+        };
         if found.others > 0 {
             tracing::warn!(
                 pack = %key,

@@ -103,13 +103,16 @@ impl WriteStats {
 struct Resolved {
     ids: Mutex<HashMap<u64, Written>>,
     found: Condvar,
+    /// Producers waiting in `resolve`: workers wake them only then (a
+    /// wake-up per chunk was most of a backup of tiny files).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Where the producer sends chunks. Sending fails when the pipeline stopped
 /// (an error downstream); the producer should then return.
 #[derive(Clone)]
 pub struct Sink {
-    tx: SyncSender<Item>,
+    tx: SyncSender<Vec<Item>>,
     stopped: Arc<AtomicBool>,
     pool: Arc<BufPool>,
     resolved: Arc<Resolved>,
@@ -173,10 +176,27 @@ impl Sink {
     }
 
     fn send_item(&self, item: Item) -> Result<()> {
+        self.send_items(vec![item])
+    }
+
+    fn send_items(&self, items: Vec<Item>) -> Result<()> {
         if self.is_stopped() {
             return Err(stopped_error());
         }
-        self.tx.send(item).map_err(|_| stopped_error())
+        self.tx.send(items).map_err(|_| stopped_error())
+    }
+
+    /// A producer thread's own batch of chunks: tiny files make tiny
+    /// chunks, and one hand-over between threads per chunk (a wake-up, a
+    /// context switch) cost more than the chunk's compression and
+    /// encryption. A batch goes when it holds [`BATCH_ITEMS`] chunks or
+    /// [`BATCH_ITEM_BYTES`], on [`Batcher::flush`], or when dropped.
+    pub fn batcher(&self) -> Batcher<'_> {
+        Batcher {
+            sink: self,
+            items: Vec::new(),
+            bytes: 0,
+        }
     }
 
     /// Chunks the repository stores (the previous version of a changed
@@ -197,17 +217,70 @@ impl Sink {
             if self.is_stopped() {
                 return None;
             }
+            // Counted under the lock: a worker that inserts after this
+            // sees it and wakes us.
+            self.resolved.waiting.fetch_add(1, Ordering::SeqCst);
             ids = self
                 .resolved
                 .found
                 .wait_timeout(ids, std::time::Duration::from_millis(100))
                 .unwrap()
                 .0;
+            self.resolved.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// Chunks in a producer's batch before it is handed over.
+pub const BATCH_ITEMS: usize = 256;
+/// ... or bytes of them.
+pub const BATCH_ITEM_BYTES: usize = 1 << 20;
+
+/// See [`Sink::batcher`].
+pub struct Batcher<'a> {
+    sink: &'a Sink,
+    items: Vec<Item>,
+    bytes: usize,
+}
+
+impl Batcher<'_> {
+    pub fn buffer(&self) -> Vec<u8> {
+        self.sink.buffer()
+    }
+
+    pub fn send(&mut self, job: Job) -> Result<()> {
+        if self.sink.is_stopped() {
+            return Err(stopped_error());
+        }
+        self.bytes += job.data.len();
+        self.items.push(Item {
+            tag: job.tag,
+            data: job.data,
+            tree: None,
+        });
+        if self.items.len() >= BATCH_ITEMS || self.bytes >= BATCH_ITEM_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands over what the batch holds.
+    pub fn flush(&mut self) -> Result<()> {
+        self.bytes = 0;
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        self.sink.send_items(std::mem::take(&mut self.items))
+    }
+}
+
+impl Drop for Batcher<'_> {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -234,8 +307,8 @@ pub fn write<R: Send>(
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(TREE_KEY as usize);
-    let (job_tx, job_rx) = sync_channel::<Item>(1);
-    let (blob_tx, blob_rx) = sync_channel::<Blob>(1);
+    let (job_tx, job_rx) = sync_channel::<Vec<Item>>(1);
+    let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(1);
     // One data key per worker for this run: a blob names its key by number.
     let keys: Vec<DataKey> = (0..workers)
         .map(|_| DataKey::generate())
@@ -285,7 +358,7 @@ pub fn write<R: Send>(
                     })
                     .ok();
                 loop {
-                    let job = match job_rx.lock().unwrap().recv() {
+                    let jobs = match job_rx.lock().unwrap().recv() {
                         Ok(j) => j,
                         Err(_) => return,
                     };
@@ -296,45 +369,54 @@ pub fn write<R: Send>(
                     else {
                         continue;
                     };
-                    let len = job.data.len();
-                    let id = match job.tree {
-                        Some(id) => id,
-                        None => {
-                            let id = repo.secret.chunk_id(&job.data);
-                            resolved.ids.lock().unwrap().insert(
-                                job.tag,
-                                Written {
+                    let mut named = Vec::new();
+                    let mut blobs = Vec::new();
+                    for job in jobs {
+                        let len = job.data.len();
+                        let id = match job.tree {
+                            Some(id) => id,
+                            None => {
+                                let id = repo.secret.chunk_id(&job.data);
+                                named.push(Written {
                                     tag: job.tag,
                                     id,
                                     raw_length: len as u32,
-                                },
-                            );
-                            resolved.found.notify_all();
-                            let mut st = stats.lock().unwrap();
-                            st.chunks += 1;
-                            st.bytes += len as u64;
-                            id
-                        }
-                    };
-                    if hints.lock().unwrap().contains(&id)
-                        || in_flight.lock().unwrap().contains(&id)
-                    {
-                        pool.give(job.data);
-                        continue;
-                    }
-                    let (key, number) = match job.tree {
-                        Some(_) => (tree_key, TREE_KEY),
-                        None => (key, worker as u16),
-                    };
-                    let blob = match seal_chunk(&id, &job.data, zstd, key, pool.take()) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            fail(e);
+                                });
+                                id
+                            }
+                        };
+                        if hints.lock().unwrap().contains(&id)
+                            || in_flight.lock().unwrap().contains(&id)
+                        {
+                            pool.give(job.data);
                             continue;
                         }
-                    };
-                    pool.give(job.data);
-                    if blob_tx.send((id, blob, len, number)).is_err() {
+                        let (key, number) = match job.tree {
+                            Some(_) => (tree_key, TREE_KEY),
+                            None => (key, worker as u16),
+                        };
+                        match seal_chunk(&id, &job.data, zstd, key, pool.take()) {
+                            Ok(b) => blobs.push((id, b, len, number)),
+                            Err(e) => fail(e),
+                        }
+                        pool.give(job.data);
+                    }
+                    if !named.is_empty() {
+                        {
+                            let mut st = stats.lock().unwrap();
+                            st.chunks += named.len() as u64;
+                            st.bytes += named.iter().map(|w| w.raw_length as u64).sum::<u64>();
+                        }
+                        resolved
+                            .ids
+                            .lock()
+                            .unwrap()
+                            .extend(named.into_iter().map(|w| (w.tag, w)));
+                        if resolved.waiting.load(Ordering::SeqCst) > 0 {
+                            resolved.found.notify_all();
+                        }
+                    }
+                    if !blobs.is_empty() && blob_tx.send(blobs).is_err() {
                         fail(stopped_error());
                     }
                 }
@@ -400,7 +482,7 @@ pub fn write<R: Send>(
 type Blob = (ChunkId, Vec<u8>, usize, u16);
 
 /// Blobs the packer holds before it asks the repository which it has.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 /// ... or this many bytes of them.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -411,7 +493,7 @@ const BATCH_BYTES: usize = 8 << 20;
 #[allow(clippy::too_many_arguments)]
 fn pack_stage<'s>(
     repo: &'s Repository,
-    blobs: Receiver<Blob>,
+    blobs: Receiver<Vec<Blob>>,
     packs: SyncSender<SealedPack<'s>>,
     spare: Receiver<Vec<u8>>,
     recipients: &super::Recipients,
@@ -484,7 +566,7 @@ fn pack_stage<'s>(
         }
         Ok(true)
     };
-    for blob in blobs {
+    for blob in blobs.into_iter().flatten() {
         batch_bytes += blob.1.len();
         batch.push(blob);
         if batch.len() >= BATCH || batch_bytes >= BATCH_BYTES {

@@ -110,7 +110,41 @@ type Outcome = std::result::Result<Vec<u64>, String>;
 struct Results {
     done: Mutex<HashMap<usize, Outcome>>,
     arrived: Condvar,
+    /// Whether the walk waits: readers wake it only then.
+    waiting: std::sync::atomic::AtomicBool,
 }
+
+impl Results {
+    fn put(&self, i: usize, outcome: Outcome) {
+        self.done.lock().unwrap().insert(i, outcome);
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Waits (the lock held) until `ready` says the outcome is there.
+    fn wait_for<T>(&self, mut ready: impl FnMut(&mut HashMap<usize, Outcome>) -> Option<T>) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut done = self.done.lock().unwrap();
+        loop {
+            if let Some(v) = ready(&mut done) {
+                return v;
+            }
+            self.waiting.store(true, SeqCst);
+            done = self
+                .arrived
+                .wait_timeout(done, std::time::Duration::from_millis(100))
+                .unwrap()
+                .0;
+            self.waiting.store(false, SeqCst);
+        }
+    }
+}
+
+/// Files up to this size are read without looking for holes first: for a
+/// small file, the open, two seeks and close that looking takes cost more
+/// than reading it, and its holes (if any) are restored as zeros.
+const SMALL_FILE: u64 = 16 << 10;
 
 /// Reads `source` into `sink`, incremental against `parent`. `refs` is told
 /// of every chunk and tree the backup references, a directory at a time
@@ -142,14 +176,28 @@ pub fn read(
             s.spawn(|| {
                 let mut open: Option<(Arc<PathBuf>, File)> = None;
                 let mut cutter = Cutter::new(chunking);
+                let mut out = sink.batcher();
                 loop {
-                    let next = tasks_rx.lock().unwrap().recv();
+                    // Hand over the batch before waiting for work: the walk
+                    // may be waiting for those chunks' ids.
+                    let mut next = tasks_rx.lock().unwrap().try_recv();
+                    if let Err(std::sync::mpsc::TryRecvError::Empty) = next {
+                        if let Err(e) = out.flush() {
+                            pipeline_error.lock().unwrap().get_or_insert(e);
+                        }
+                        next = tasks_rx
+                            .lock()
+                            .unwrap()
+                            .recv()
+                            .map_err(|_| std::sync::mpsc::TryRecvError::Disconnected);
+                    }
                     let Ok((i, task, path)) = next else { return };
                     // After a failure, drain the queue so the walker never blocks.
                     let result = if sink.is_stopped() || pipeline_error.lock().unwrap().is_some() {
                         Err(NOT_READ.to_string())
                     } else {
-                        match read_task(i, &task, &path, &mut open, &mut cutter, sink, progress) {
+                        match read_task(i, &task, &path, &mut open, &mut cutter, &mut out, progress)
+                        {
                             Ok(tags) => Ok(tags),
                             Err(ReadError::Io(e)) => Err(e.to_string()),
                             Err(ReadError::Short) => {
@@ -161,8 +209,7 @@ pub fn read(
                             }
                         }
                     };
-                    results.done.lock().unwrap().insert(i, result);
-                    results.arrived.notify_all();
+                    results.put(i, result);
                 }
             });
         }
@@ -211,7 +258,7 @@ fn read_task(
     path: &Arc<PathBuf>,
     open: &mut Option<(Arc<PathBuf>, File)>,
     cutter: &mut Cutter,
-    sink: &Sink,
+    sink: &mut crate::repo::writer::Batcher<'_>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::result::Result<Vec<u64>, ReadError> {
     if open.as_ref().is_none_or(|(p, _)| !Arc::ptr_eq(p, path)) {
@@ -555,22 +602,38 @@ impl Walker<'_, '_> {
             }
             return Some(Pending::Ready(n));
         }
-        let file = match open_nofollow(abs) {
-            Ok(f) => f,
-            Err(err) => {
-                self.problem(rel, format!("vanished or unreadable: {err}"));
-                return None;
-            }
-        };
-        // The metadata of what we opened, not of what was there a moment ago.
-        let (meta, extents) = match file
-            .metadata()
-            .and_then(|m| crate::sys::data_extents(&file, m.size()).map(|x| (m, x)))
-        {
-            Ok(v) => v,
-            Err(err) => {
-                self.problem(rel, err);
-                return None;
+        let small;
+        let (meta, extents) = if meta.size() <= SMALL_FILE {
+            // Read whole; the reader opens it without following links and
+            // reports a file that shrank meanwhile.
+            small = meta.clone();
+            let extents = if meta.size() > 0 {
+                vec![(0, meta.size())]
+            } else {
+                Vec::new()
+            };
+            (&small, extents)
+        } else {
+            let file = match open_nofollow(abs) {
+                Ok(f) => f,
+                Err(err) => {
+                    self.problem(rel, format!("vanished or unreadable: {err}"));
+                    return None;
+                }
+            };
+            // The metadata of what we opened, not of what was there a moment ago.
+            match file
+                .metadata()
+                .and_then(|m| crate::sys::data_extents(&file, m.size()).map(|x| (m, x)))
+            {
+                Ok((m, x)) => {
+                    small = m;
+                    (&small, x)
+                }
+                Err(err) => {
+                    self.problem(rel, err);
+                    return None;
+                }
             }
         };
         // Its previous version's chunks are stored: those that did not
@@ -579,7 +642,7 @@ impl Walker<'_, '_> {
             self.sink
                 .hint(b.extents.iter().flat_map(|x| x.chunks.iter().copied()));
         }
-        let mut n = node(name, EntryKind::File, &meta);
+        let mut n = node(name, EntryKind::File, meta);
         n.size = meta.size();
         n.xattrs = xattrs(abs);
         self.walked.files += 1;
@@ -618,11 +681,7 @@ impl Walker<'_, '_> {
                 // A closed queue means the readers stopped; the error that
                 // stopped them is reported by the pipeline.
                 if self.queue.send((i, task, path.clone())).is_err() {
-                    self.results
-                        .done
-                        .lock()
-                        .unwrap()
-                        .insert(i, Err(NOT_READ.into()));
+                    self.results.put(i, Err(NOT_READ.into()));
                 }
                 segments.push((i, at, n));
                 at += n;
@@ -633,24 +692,13 @@ impl Walker<'_, '_> {
 
     /// Waits for the outcome of task `i` and takes it.
     fn take_result(&self, i: usize) -> Outcome {
-        let mut done = self.results.done.lock().unwrap();
-        loop {
-            if let Some(r) = done.remove(&i) {
-                return r;
-            }
-            done = self.results.arrived.wait(done).unwrap();
-        }
+        self.results.wait_for(|done| done.remove(&i))
     }
 
     /// Whether task `i` read its data, waiting for it; the outcome stays.
     fn peek_result(&self, i: usize) -> bool {
-        let mut done = self.results.done.lock().unwrap();
-        loop {
-            if let Some(r) = done.get(&i) {
-                return r.is_ok();
-            }
-            done = self.results.arrived.wait(done).unwrap();
-        }
+        self.results
+            .wait_for(|done| done.get(&i).map(|r| r.is_ok()))
     }
 
     /// Makes the tree of the oldest walked directory, waiting for its
