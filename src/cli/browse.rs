@@ -89,7 +89,9 @@ fn read_tree<T>(
     f: impl FnOnce(&TreeReader<'_>) -> Result<T>,
 ) -> Result<T> {
     with_locate(ctx, loaded, repo, packs, |locate| {
-        let reader = TreeReader::new(&*repo.store, &repo.secret, locate, repo.max_pack_bytes());
+        // Only the directories on a path, or those that changed, are read.
+        let reader = TreeReader::new(&*repo.store, &repo.secret, locate, repo.max_pack_bytes())
+            .prefetch(false);
         f(&reader)
     })
 }

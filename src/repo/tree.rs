@@ -152,8 +152,10 @@ pub struct TreeReader<'a> {
     secret: &'a RepoSecret,
     locate: &'a dyn Locate,
     max_pack: u64,
-    /// Locations found ahead: a tree's subtrees are located together.
+    /// Locations found ahead: a tree's subtrees are located together,
+    /// when the whole listing will be read ([`TreeReader::prefetch`]).
     ahead: Mutex<HashMap<ChunkId, ChunkLocation>>,
+    prefetch: bool,
     packs: Mutex<Vec<(String, Arc<Vec<u8>>)>>,
 }
 
@@ -173,8 +175,17 @@ impl<'a> TreeReader<'a> {
             locate,
             max_pack,
             ahead: Mutex::new(HashMap::new()),
+            prefetch: true,
             packs: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether to locate a tree's subtrees together when it is read: one
+    /// query for a directory's subdirectories instead of one each, when
+    /// all of them will be read; not when one path is followed.
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.prefetch = on;
+        self
     }
 
     /// The tree `id`, of the directory `path` (for errors: "" is the root).
@@ -221,7 +232,7 @@ impl<'a> TreeReader<'a> {
             .map_err(|e| damaged(format!("is damaged: {}", e.what())))?;
         let tree = Tree::decode(&plain).map_err(|e| damaged(format!("is malformed: {e}")))?;
         let subtrees: Vec<ChunkId> = tree.nodes.iter().filter_map(|n| n.subtree).collect();
-        if !subtrees.is_empty() {
+        if self.prefetch && !subtrees.is_empty() {
             let found = self.locate.locate(&subtrees)?;
             self.ahead.lock().unwrap().extend(found);
         }
@@ -284,6 +295,10 @@ pub trait Select {
     fn takes(&self, path: &str) -> bool;
     /// Whether anything beneath directory `path` may be taken.
     fn may_take_beneath(&self, path: &str) -> bool;
+    /// Whether everything is taken (the whole listing is read).
+    fn everything(&self) -> bool {
+        false
+    }
 }
 
 /// Everything.
@@ -294,6 +309,9 @@ impl Select for All {
         true
     }
     fn may_take_beneath(&self, _: &str) -> bool {
+        true
+    }
+    fn everything(&self) -> bool {
         true
     }
 }
@@ -401,7 +419,8 @@ pub fn fill(
     let Some(top) = manifest.tree else {
         return Ok(());
     };
-    let reader = TreeReader::new(&*repo.store, &repo.secret, locate, repo.max_pack_bytes());
+    let reader = TreeReader::new(&*repo.store, &repo.secret, locate, repo.max_pack_bytes())
+        .prefetch(select.everything());
     let (entries, ids) = expand(&reader, &top, select)?;
     let mut found = locate.locate(&ids)?;
     manifest.chunks = ids

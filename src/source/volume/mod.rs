@@ -274,7 +274,7 @@ fn read_task(
         seq += 1;
         progress(data.len() as u64);
         refs.push(tag);
-        let mut buf = sink.buffer();
+        let mut buf = sink.buffer_for(data.len());
         buf.extend_from_slice(data);
         sink.send(Job { tag, data: buf })
             .map_err(ReadError::Pipeline)
