@@ -463,3 +463,53 @@ async fn a_tree_swapped_or_damaged_is_an_integrity_error_naming_the_directory() 
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_hard_link_whose_first_name_is_not_included_is_left_out_not_an_error() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    std::fs::hard_link(src.join("a.txt"), src.join("d/hard.txt")).unwrap();
+    std::fs::write(src.join("d/own.txt"), "own\n").unwrap();
+    let b = env.backup(&src, "web");
+    let id = b["backup_id"].as_str().unwrap();
+    let to = env.ws.path("d-only");
+    let (out, stdout, stderr) = restore_args(
+        &env,
+        &[
+            "restore",
+            "volume",
+            id,
+            "--to",
+            to.to_str().unwrap(),
+            "--include",
+            "d",
+        ],
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(paths(&to), ["d", "d/own.txt"]);
+    assert!(stderr.contains("hard link left out"), "{stderr}");
+    // With its first name included, the link is restored as a link.
+    let both = env.ws.path("both");
+    let (out, stdout, stderr) = restore_args(
+        &env,
+        &[
+            "restore",
+            "volume",
+            id,
+            "--to",
+            both.to_str().unwrap(),
+            "--include",
+            "d",
+            "--include",
+            "a.txt",
+        ],
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(both.join("d/hard.txt")).unwrap().nlink(),
+        2
+    );
+}

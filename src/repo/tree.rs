@@ -335,7 +335,29 @@ pub fn expand(
             out.push(node, node.name.clone());
         }
     }
-    Ok((out.entries, out.chunks.order))
+    let mut entries = out.entries;
+    if !select.everything() {
+        // A hard link whose first name was not taken has no data to link
+        // to: left out, and said so.
+        let names: std::collections::HashSet<String> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.path.clone())
+            .collect();
+        entries.retain(|e| {
+            let keep = e.kind != EntryKind::Hardlink
+                || e.target.as_ref().is_some_and(|t| names.contains(t));
+            if !keep {
+                tracing::warn!(
+                    path = %e.path,
+                    first_name = e.target.as_deref().unwrap_or(""),
+                    "hard link left out: its first name is not included; include it too"
+                );
+            }
+            keep
+        });
+    }
+    Ok((entries, out.chunks.order))
 }
 
 #[derive(Default)]
