@@ -41,6 +41,9 @@ async fn recipe_file_corrupted() {
         std::fs::read(data.join("conf/app.conf")).unwrap(),
         b"threads = 8\n"
     );
+    // The file alone was restored, not the volume.
+    assert!(scratch.join("web-restored/conf/app.conf").exists());
+    assert!(!scratch.join("web-restored/other").exists());
 }
 
 /// The catalog is lost (an empty database in its place): the recipe lists
