@@ -21,7 +21,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repo::manifest::{
     ChunkLocation, Entry, EntryKind, EtcdSnapshot, Extent, Manifest, SNAPSHOT_ENTRY,
 };
-use crate::repo::writer::write;
 use crate::repo::{ChunkId, Repository};
 use crate::source::etcd::{self, Member, snapshot};
 
@@ -118,16 +117,14 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2, ep2) = (repo.clone(), catalog.clone(), endpoint.clone());
     let (streamed, written, stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
-        write(
-            &repo2,
-            &stored,
-            zstd_level,
-            retain_until,
-            &on_pack,
-            |sink| snapshot::read(stream, &handle, &ep2, sink, &*progress),
-        )
+        let view = super::CatalogView {
+            handle: &handle,
+            catalog: &catalog2,
+            repo_id,
+        };
+        super::write_recorded(&view, &repo2, zstd_level, retain_until, &|_| {}, |sink| {
+            snapshot::read(stream, &handle, &ep2, sink, &*progress)
+        })
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
@@ -251,7 +248,7 @@ async fn run(
         catalog,
         manifest,
         &[],
-        items,
+        Some(items),
         &stats_json,
         None,
         retain_until,

@@ -79,47 +79,56 @@ async fn start(repo: &Repository, catalog: &Catalog, kind: &str, name: &str) -> 
     Ok(id)
 }
 
-/// What the repository stores, as the catalog records it, asked from the
-/// pipeline's thread: dedup with one query per batch of chunks, and no
-/// set of every chunk id in memory.
-pub(crate) struct CatalogStored<'a> {
-    handle: &'a tokio::runtime::Handle,
-    catalog: &'a Catalog,
-    repo_id: Uuid,
+/// The catalog as the write pipeline's threads use them (they are not the
+/// runtime's, so each call blocks on it): what the repository stores, for
+/// dedup, one query per batch and no set of every chunk id in memory; where
+/// chunks and trees are; and the record of each pack stored.
+pub(crate) struct CatalogView<'a> {
+    pub handle: &'a tokio::runtime::Handle,
+    pub catalog: &'a Catalog,
+    pub repo_id: Uuid,
 }
 
-impl<'a> CatalogStored<'a> {
-    pub(crate) fn new(
-        handle: &'a tokio::runtime::Handle,
-        catalog: &'a Catalog,
-        repo_id: Uuid,
-    ) -> Self {
-        CatalogStored {
-            handle,
-            catalog,
-            repo_id,
-        }
-    }
-}
-
-impl crate::repo::writer::Stored for CatalogStored<'_> {
+impl crate::repo::writer::Stored for CatalogView<'_> {
     fn stored(&self, ids: &[ChunkId]) -> Result<std::collections::HashSet<ChunkId>> {
         self.handle
             .block_on(self.catalog.stored_chunks(self.repo_id, ids))
     }
 }
 
-/// Records each stored pack in the catalog, from the pipeline's thread.
-fn record_packs(
-    handle: &tokio::runtime::Handle,
-    catalog: &Catalog,
-    repo_id: Uuid,
-) -> impl Fn(&crate::repo::pack::StoredPack, &crate::store::ObjectMeta) -> Result<()> + Sync {
-    move |pack, meta| {
-        handle
-            .block_on(catalog.record_pack(repo_id, meta, &pack.sha256, &pack.index))
-            .map(drop)
+impl crate::repo::tree::Locate for CatalogView<'_> {
+    fn locate(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, ChunkLocation>> {
+        self.handle
+            .block_on(self.catalog.chunk_locations(self.repo_id, ids))
     }
+}
+
+/// Runs the write pipeline of a backup, deduplicated against and recorded
+/// in the catalog; `recorded` is told of each pack once the catalog has it.
+/// From a blocking thread.
+fn write_recorded<R: Send>(
+    view: &CatalogView<'_>,
+    repo: &Repository,
+    zstd_level: i32,
+    retain_until: Option<DateTime<Utc>>,
+    recorded: &(dyn Fn(&crate::repo::pack::StoredPack) + Sync),
+    produce: impl FnOnce(&crate::repo::writer::Sink) -> Result<R>,
+) -> Result<(
+    R,
+    Vec<crate::repo::writer::Written>,
+    crate::repo::writer::WriteStats,
+)> {
+    let on_pack = |pack: &crate::repo::pack::StoredPack, meta: &crate::store::ObjectMeta| {
+        view.handle.block_on(view.catalog.record_pack(
+            view.repo_id,
+            meta,
+            &pack.sha256,
+            &pack.index,
+        ))?;
+        recorded(pack);
+        Ok(())
+    };
+    crate::repo::writer::write(repo, view, zstd_level, retain_until, &on_pack, produce)
 }
 
 /// The chunks a manifest lists, each once, in first-use order; entries
@@ -183,14 +192,6 @@ fn write_items(
     }))
 }
 
-/// No item rows: what a volume backup writes, its listing being in trees.
-async fn no_items(catalog: &Catalog) -> Result<ItemsWriting> {
-    let catalog = catalog.clone();
-    Ok(ItemsWriting(tokio::spawn(async move {
-        catalog.write_items(Uuid::nil(), None, &[]).await
-    })))
-}
-
 /// The shared end of a backup: everything it references is locked until
 /// `retain_until` (the packs it shares with older backups, the config and the
 /// keys), its manifest is stored (locked too), and the catalog marks it
@@ -204,7 +205,7 @@ async fn seal_and_finish(
     catalog: &Catalog,
     manifest: Manifest,
     more: &[ChunkLocation],
-    items: ItemsWriting,
+    items: Option<ItemsWriting>,
     stats: &serde_json::Value,
     error: Option<&str>,
     retain_until: Option<DateTime<Utc>>,
@@ -259,9 +260,12 @@ async fn seal_and_finish(
         retain_until,
         packs: &packs,
     };
-    let items = items.0.await.map_err(|e| {
-        Error::new(ErrorKind::Failed, "writing the backup's items panicked").with_source(e)
-    })??;
+    let items = match items {
+        Some(writing) => Some(writing.0.await.map_err(|e| {
+            Error::new(ErrorKind::Failed, "writing the backup's items panicked").with_source(e)
+        })??),
+        None => None,
+    };
     catalog.finish_backup(items, id, &end).await?;
     Ok(sealed_len)
 }

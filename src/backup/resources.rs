@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repo::chunker::{Chunking, Cutter};
 use crate::repo::manifest::{ChunkLocation, KubeObject, Manifest};
 use crate::repo::object_table::ObjectTable;
-use crate::repo::writer::{Job, write};
+use crate::repo::writer::Job;
 use crate::repo::{ChunkId, Repository};
 use crate::resources::scope::{Scope, TypeName};
 use crate::source::resources::{self as source, Listed};
@@ -159,30 +159,26 @@ async fn run(
     let handle = tokio::runtime::Handle::current();
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
     let writer = tokio::task::spawn_blocking(move || {
-        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
-        write(
-            &repo2,
-            &stored,
-            zstd_level,
-            retain_until,
-            &on_pack,
-            |sink| {
-                let mut seen = Vec::new();
-                while let Some(l) = rx.blocking_recv() {
-                    let tag = seen.len() as u64;
-                    seen.push(Seen {
-                        ty: l.ty,
-                        namespace: l.namespace,
-                        name: l.name,
-                        size: l.json.len(),
-                    });
-                    sink.send(Job { tag, data: l.json })?;
-                    progress(1);
-                }
-                Ok(seen)
-            },
-        )
+        let view = super::CatalogView {
+            handle: &handle,
+            catalog: &catalog2,
+            repo_id,
+        };
+        super::write_recorded(&view, &repo2, zstd_level, retain_until, &|_| {}, |sink| {
+            let mut seen = Vec::new();
+            while let Some(l) = rx.blocking_recv() {
+                let tag = seen.len() as u64;
+                seen.push(Seen {
+                    ty: l.ty,
+                    namespace: l.namespace,
+                    name: l.name,
+                    size: l.json.len(),
+                });
+                sink.send(Job { tag, data: l.json })?;
+                progress(1);
+            }
+            Ok(seen)
+        })
     });
     let read = source::read(cluster, scope, &reading, &tx).await;
     drop(tx);
@@ -233,40 +229,36 @@ async fn run(
     let (repo2, catalog2) = (repo.clone(), catalog.clone());
     let handle = tokio::runtime::Handle::current();
     let (tags, table_written, table_stats) = tokio::task::spawn_blocking(move || {
-        let on_pack = super::record_packs(&handle, &catalog2, repo_id);
-        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
-        write(
-            &repo2,
-            &stored,
-            zstd_level,
-            retain_until,
-            &on_pack,
-            |sink| {
-                let seed = repo2.secret.chunker_seed();
-                let mut cutter = Cutter::new(Chunking::Cdc { seed });
-                let mut tags = 0u64;
-                let mut stopped = None;
-                let cut = cutter.cut(&table_json[..], |c: &[u8]| {
-                    let mut data = sink.buffer();
-                    data.extend_from_slice(c);
-                    sink.send(Job { tag: tags, data }).map_err(|e| {
-                        stopped = Some(e);
-                        std::io::Error::other("the pipeline stopped")
-                    })?;
-                    tags += 1;
-                    Ok::<_, std::io::Error>(())
-                });
-                match (stopped, cut) {
-                    (Some(e), _) => Err(e),
-                    (None, Err(e)) => Err(Error::io(
-                        e,
-                        ErrorKind::Failed,
-                        "cannot cut the object table",
-                    )),
-                    (None, Ok(_)) => Ok(tags),
-                }
-            },
-        )
+        let view = super::CatalogView {
+            handle: &handle,
+            catalog: &catalog2,
+            repo_id,
+        };
+        super::write_recorded(&view, &repo2, zstd_level, retain_until, &|_| {}, |sink| {
+            let seed = repo2.secret.chunker_seed();
+            let mut cutter = Cutter::new(Chunking::Cdc { seed });
+            let mut tags = 0u64;
+            let mut stopped = None;
+            let cut = cutter.cut(&table_json[..], |c: &[u8]| {
+                let mut data = sink.buffer();
+                data.extend_from_slice(c);
+                sink.send(Job { tag: tags, data }).map_err(|e| {
+                    stopped = Some(e);
+                    std::io::Error::other("the pipeline stopped")
+                })?;
+                tags += 1;
+                Ok::<_, std::io::Error>(())
+            });
+            match (stopped, cut) {
+                (Some(e), _) => Err(e),
+                (None, Err(e)) => Err(Error::io(
+                    e,
+                    ErrorKind::Failed,
+                    "cannot cut the object table",
+                )),
+                (None, Ok(_)) => Ok(tags),
+            }
+        })
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
@@ -332,7 +324,7 @@ async fn run(
         catalog,
         manifest,
         &table.chunks,
-        items,
+        Some(items),
         &stats_json,
         None,
         retain_until,

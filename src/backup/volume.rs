@@ -1,8 +1,8 @@
 //! Volume backups: a directory tree or a block image, incremental against
 //! the previous backup of the same volume.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{ChunkLocation, Manifest};
-use crate::repo::tree::{Locate, TreeReader};
-use crate::repo::writer::{WriteStats, write};
+use crate::repo::manifest::Manifest;
+use crate::repo::tree::TreeReader;
+use crate::repo::writer::WriteStats;
 use crate::repo::{ChunkId, Repository};
 use crate::source::volume::{self, Source};
 
@@ -107,21 +107,6 @@ pub async fn backup_volume(
     Ok(summary)
 }
 
-/// Chunk and tree locations from the catalog, for reading the parent's
-/// trees from the pipeline's thread.
-pub(crate) struct CatalogLocate<'a> {
-    pub handle: &'a tokio::runtime::Handle,
-    pub catalog: &'a Catalog,
-    pub repo_id: Uuid,
-}
-
-impl Locate for CatalogLocate<'_> {
-    fn locate(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, ChunkLocation>> {
-        self.handle
-            .block_on(self.catalog.chunk_locations(self.repo_id, ids))
-    }
-}
-
 /// References sent to the pack locator in batches of this many.
 const REF_BATCH: usize = 10_000;
 
@@ -149,56 +134,37 @@ async fn run_volume(
     // let a slow catalog stall the pipeline's uploader, which also sends.
     let (refs_tx, refs_rx) = tokio::sync::mpsc::unbounded_channel::<Located>();
     let stored_tx = refs_tx.clone();
-    let written_packs: Arc<Mutex<BTreeSet<String>>> = Default::default();
-    let written2 = written_packs.clone();
     let locator = tokio::spawn(locate_packs(catalog.clone(), repo_id, refs_rx));
     let (walked, _, stats) = tokio::task::spawn_blocking(move || {
-        let record = super::record_packs(&handle, &catalog2, repo_id);
-        let on_pack = |p: &crate::repo::pack::StoredPack, m: &crate::store::ObjectMeta| {
-            record(p, m)?;
-            written2.lock().unwrap().insert(p.key.clone());
-            let ids = p.index.iter().map(|e| e.id).collect();
-            let _ = stored_tx.send(Located::Stored(p.key.clone(), ids));
-            Ok(())
-        };
-        let stored = super::CatalogStored::new(&handle, &catalog2, repo_id);
-        let locate = CatalogLocate {
+        let view = super::CatalogView {
             handle: &handle,
             catalog: &catalog2,
             repo_id,
         };
-        let reader = TreeReader::new(
-            &*repo2.store,
-            &repo2.secret,
-            &locate,
-            repo2.max_pack_bytes(),
-        );
-        write(
-            &repo2,
-            &stored,
-            zstd_level,
-            retain_until,
-            &on_pack,
-            |sink| {
-                let mut batch: Vec<ChunkId> = Vec::new();
-                let mut refs = |ids: Vec<ChunkId>| {
-                    batch.extend(ids);
-                    if batch.len() >= REF_BATCH {
-                        // A closed locator reports its own error.
-                        let _ = refs_tx.send(Located::Refs(std::mem::take(&mut batch)));
-                    }
-                };
-                let parent = parent_top.map(|top| volume::Parent {
-                    reader: &reader,
-                    top,
-                });
-                let walked =
-                    volume::read(&source2, parent, &repo2.secret, sink, &mut refs, &*progress);
-                let _ = refs_tx.send(Located::Refs(batch));
-                drop(refs_tx);
-                walked
-            },
-        )
+        // Packs this backup stored: the locator learns which ids they hold.
+        let recorded = |p: &crate::repo::pack::StoredPack| {
+            let ids = p.index.iter().map(|e| e.id).collect();
+            let _ = stored_tx.send(Located::Stored(p.key.clone(), ids));
+        };
+        let reader = TreeReader::new(&*repo2.store, &repo2.secret, &view, repo2.max_pack_bytes());
+        super::write_recorded(&view, &repo2, zstd_level, retain_until, &recorded, |sink| {
+            let mut batch: Vec<ChunkId> = Vec::new();
+            let mut refs = |ids: Vec<ChunkId>| {
+                batch.extend(ids);
+                if batch.len() >= REF_BATCH {
+                    // A closed locator reports its own error.
+                    let _ = refs_tx.send(Located::Refs(std::mem::take(&mut batch)));
+                }
+            };
+            let parent = parent_top.map(|top| volume::Parent {
+                reader: &reader,
+                top,
+            });
+            let walked = volume::read(&source2, parent, &repo2.secret, sink, &mut refs, &*progress);
+            let _ = refs_tx.send(Located::Refs(batch));
+            drop(refs_tx);
+            walked
+        })
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Failed, "the backup worker panicked").with_source(e))??;
@@ -206,10 +172,9 @@ async fn run_volume(
     let top = walked
         .top
         .ok_or_else(|| Error::new(ErrorKind::Failed, "the walk ended without a listing"))?;
-    let mut packs = locator
+    let packs = locator
         .await
         .map_err(|e| Error::new(ErrorKind::Failed, "the pack locator panicked").with_source(e))??;
-    packs.extend(std::mem::take(&mut *written_packs.lock().unwrap()));
     let packs: Vec<String> = packs.into_iter().collect();
 
     tracing::info!(
@@ -264,7 +229,8 @@ async fn run_volume(
         catalog,
         manifest,
         &[],
-        super::no_items(catalog).await?,
+        // Its listing is in trees: no item rows.
+        None,
         &stats_json,
         error.as_deref(),
         retain_until,
@@ -295,14 +261,12 @@ async fn locate_packs(
     let mut missing: std::collections::HashSet<ChunkId> = Default::default();
     while let Some(event) = events.recv().await {
         match event {
+            // Every pack the backup stores holds chunks it uses.
             Located::Stored(key, ids) => {
-                let before = missing.len();
                 for id in &ids {
                     missing.remove(id);
                 }
-                if missing.len() < before {
-                    packs.insert(key);
-                }
+                packs.insert(key);
             }
             Located::Refs(mut ids) => {
                 ids.sort_unstable();

@@ -159,7 +159,7 @@ impl Catalog {
     /// transaction.
     pub async fn finish_backup(
         &self,
-        items: PendingItems,
+        items: Option<PendingItems>,
         id: Uuid,
         end: &BackupEnd<'_>,
     ) -> Result<()> {
@@ -172,7 +172,10 @@ impl Catalog {
             packs,
             tree,
         } = *end;
-        let mut tx = items.0;
+        let mut tx = match items {
+            Some(items) => items.0,
+            None => self.pool().begin().bounded().await.map_err(query_error)?,
+        };
         sqlx::query(
             "INSERT INTO backup_packs (backup_id, repository_id, pack_key) \
              SELECT $1, repository_id, UNNEST($2::text[]) FROM backups WHERE id = $1",

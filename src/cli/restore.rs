@@ -593,13 +593,11 @@ pub(crate) fn with_locate<T>(
 ) -> Result<T> {
     let handle = tokio::runtime::Handle::current();
     let catalog = optional_catalog(ctx, loaded);
-    let by_catalog = catalog
-        .as_ref()
-        .map(|catalog| crate::backup::volume::CatalogLocate {
-            handle: &handle,
-            catalog,
-            repo_id: repo.config.id,
-        });
+    let by_catalog = catalog.as_ref().map(|catalog| crate::backup::CatalogView {
+        handle: &handle,
+        catalog,
+        repo_id: repo.config.id,
+    });
     let by_index = crate::repo::tree::IndexLocate::new(repo, packs);
     let locate = crate::repo::tree::Fallback {
         first: by_catalog

@@ -46,13 +46,11 @@ impl VerifyArgs {
         };
         let handle = tokio::runtime::Handle::current();
         let catalog = super::restore::optional_catalog(ctx, &loaded);
-        let by_catalog = catalog
-            .as_ref()
-            .map(|catalog| crate::backup::volume::CatalogLocate {
-                handle: &handle,
-                catalog,
-                repo_id: repo.config.id,
-            });
+        let by_catalog = catalog.as_ref().map(|catalog| crate::backup::CatalogView {
+            handle: &handle,
+            catalog,
+            repo_id: repo.config.id,
+        });
         let report = crate::verify::verify(
             &repo,
             &ids,
