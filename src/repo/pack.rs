@@ -104,13 +104,28 @@ fn open_chunk(
     pack: &str,
     zstd: &mut zstd::bulk::Decompressor<'_>,
 ) -> Result<Vec<u8>> {
-    let what = || format!("chunk {} in pack {pack}", entry.id.to_hex());
     let plain = key.open(&entry.id, blob).ok_or_else(|| {
         Error::new(
             ErrorKind::Integrity,
-            format!("{} fails authentication", what()),
+            format!(
+                "chunk {} in pack {pack} fails authentication",
+                entry.id.to_hex()
+            ),
         )
     })?;
+    finish_chunk(&plain, entry, secret, pack, zstd)
+}
+
+/// Decompresses an authenticated blob's plaintext and checks it is the
+/// chunk `entry` names.
+fn finish_chunk(
+    plain: &[u8],
+    entry: &IndexEntry,
+    secret: &RepoSecret,
+    pack: &str,
+    zstd: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<Vec<u8>> {
+    let what = || format!("chunk {} in pack {pack}", entry.id.to_hex());
     let data = match plain.split_first() {
         Some((&FLAG_RAW, rest)) => rest.to_vec(),
         Some((&FLAG_ZSTD, rest)) => {
@@ -287,8 +302,57 @@ pub(crate) fn mismatch(key: &str) -> Error {
     .with_guidance("run `drctl verify --read-data` to list the backups and files it affects")
 }
 
+/// How much of a pack's index its reader needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexNeed {
+    /// Every entry: whole restores, verification, rebuilds.
+    All,
+    /// Only the data keys: a reader that knows where its few chunks lie
+    /// (the manifest says) and opens each with the key that authenticates
+    /// it. A pack of tiny files has an index of 240,000 entries; parsing it
+    /// to take one chunk was most of a one-file restore.
+    Keys,
+}
+
+/// The longest prefix of a decompressed index searched for the end of its
+/// keys (a pack sealed by 65,535 workers has ~4.6 MB of them).
+const KEYS_PREFIX_MAX: usize = 8 << 20;
+
+/// The data keys of an index, from the start of its JSON alone: serde
+/// writes `{"keys":[…],"chunks":[…]}` in that order, and a key is hex, so
+/// the keys end where `],"chunks":` first appears. `None` when the index
+/// does not read that way (then it is parsed whole).
+fn keys_only(packed: &[u8]) -> Option<Vec<DataKey>> {
+    use std::io::Read;
+    const END: &[u8] = b"],\"chunks\":";
+    let mut decoder = zstd::stream::read::Decoder::new(packed).ok()?;
+    let mut json = Vec::with_capacity(64 << 10);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut searched: usize = 0;
+    loop {
+        let n = decoder.read(&mut buf).ok()?;
+        if n == 0 || json.len() + n > KEYS_PREFIX_MAX {
+            return None;
+        }
+        json.extend_from_slice(&buf[..n]);
+        let from = searched.saturating_sub(END.len());
+        if let Some(at) = json[from..].windows(END.len()).position(|w| w == END) {
+            let end = from + at + 1; // keep the `]`
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Keys {
+                keys: Vec<DataKey>,
+            }
+            let mut prefix = json[..end].to_vec();
+            prefix.push(b'}');
+            return serde_json::from_slice::<Keys>(&prefix).ok().map(|k| k.keys);
+        }
+        searched = json.len();
+    }
+}
+
 /// Reads the index of a verified pack.
-fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex> {
+fn read_index(key: &str, bytes: &[u8], identity: &Identity, need: IndexNeed) -> Result<PackIndex> {
     let bad = |why: &str| Error::new(ErrorKind::Integrity, format!("pack {key}: {why}"));
     if bytes.len() < 12 || &bytes[bytes.len() - 8..] != MAGIC {
         return Err(bad("not a drctl pack (no trailer)"));
@@ -300,6 +364,14 @@ fn read_index(key: &str, bytes: &[u8], identity: &Identity) -> Result<PackIndex>
     }
     let sealed = &bytes[n - 12 - len..n - 12];
     let packed = identity.decrypt(&format!("the index of pack {key}"), sealed)?;
+    if need == IndexNeed::Keys
+        && let Some(keys) = keys_only(&packed)
+    {
+        return Ok(PackIndex {
+            keys,
+            chunks: Vec::new(),
+        });
+    }
     let json =
         zstd::bulk::decompress(&packed, 64 << 20).map_err(|_| bad("index does not decompress"))?;
     let index: PackIndex =
@@ -324,8 +396,11 @@ pub struct OpenPack {
     pub others: usize,
     bytes: Vec<u8>,
     pub index: PackIndex,
-    /// Index entries by offset, for [`OpenPack::chunk_at`].
-    at_offset: std::collections::HashMap<u32, usize>,
+    /// Positions in the index in offset order, for [`OpenPack::chunk_at`];
+    /// `None` when the index is in offset order itself.
+    by_offset: Option<Vec<u32>>,
+    /// Where the blobs end and the index begins.
+    data_end: usize,
 }
 
 impl OpenPack {
@@ -335,8 +410,30 @@ impl OpenPack {
     /// Versions larger than `limit` (the most a pack of the repository can
     /// be, [`super::Repository::max_pack_bytes`]) are skipped unread.
     pub fn fetch(store: &dyn Store, key: &str, identity: &Identity, limit: u64) -> Result<Self> {
+        Self::fetch_with(store, key, identity, limit, IndexNeed::All)
+    }
+
+    /// [`OpenPack::fetch`], reading as much of the index as `need` says.
+    /// The index is decrypted and parsed while the pack is hashed, on two
+    /// threads; nothing parsed is used unless the hash matches.
+    pub fn fetch_with(
+        store: &dyn Store,
+        key: &str,
+        identity: &Identity,
+        limit: u64,
+        need: IndexNeed,
+    ) -> Result<Self> {
+        let parsed: std::sync::Mutex<Option<Result<PackIndex>>> = std::sync::Mutex::new(None);
         let found = crate::store::read_first_matching(store, key, limit, &|bytes| {
-            verify_pack(key, bytes).is_ok()
+            let (hashed, index) = std::thread::scope(|s| {
+                let hashing = s.spawn(|| verify_pack(key, bytes).is_ok());
+                let index = read_index(key, bytes, identity, need);
+                (hashing.join().unwrap_or(false), index)
+            });
+            if hashed {
+                *parsed.lock().unwrap() = Some(index);
+            }
+            hashed
         })?;
         let Some(found) = found else {
             if crate::store::original(store, key)?.is_none() {
@@ -358,20 +455,29 @@ impl OpenPack {
             );
         }
         let bytes = found.bytes;
-        let index = read_index(key, &bytes, identity)?;
-        let at_offset = index
-            .chunks
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.offset, i))
-            .collect();
+        let index = parsed
+            .into_inner()
+            .unwrap()
+            .expect("set when the hash matched")?;
+        let data_end = data_end(&bytes);
+        // A pack is written blob after blob, so its index is in offset
+        // order and is searched as it is; sorted positions only for an
+        // index that is not.
+        let by_offset = if index.chunks.is_sorted_by_key(|e| e.offset) {
+            None
+        } else {
+            let mut order: Vec<u32> = (0..index.chunks.len() as u32).collect();
+            order.sort_by_key(|&i| index.chunks[i as usize].offset);
+            Some(order)
+        };
         Ok(OpenPack {
             key: key.to_string(),
             meta: found.meta,
             others: found.others,
             bytes,
             index,
-            at_offset,
+            by_offset,
+            data_end,
         })
     }
 
@@ -403,10 +509,19 @@ impl OpenPack {
         secret: &RepoSecret,
         zstd: &mut zstd::bulk::Decompressor<'_>,
     ) -> Result<Vec<u8>> {
-        let entry = self
-            .at_offset
-            .get(&loc.offset)
-            .map(|&i| &self.index.chunks[i])
+        if self.index.chunks.is_empty() && !self.index.keys.is_empty() {
+            return self.chunk_by_keys(loc, secret, zstd);
+        }
+        let chunks = &self.index.chunks;
+        let found = match &self.by_offset {
+            None => chunks.binary_search_by_key(&loc.offset, |e| e.offset).ok(),
+            Some(order) => order
+                .binary_search_by_key(&loc.offset, |&i| chunks[i as usize].offset)
+                .ok()
+                .map(|at| order[at] as usize),
+        };
+        let entry = found
+            .map(|i| &chunks[i])
             .filter(|e| e.id == loc.id && e.length == loc.length && e.raw_length == loc.raw_length)
             .ok_or_else(|| {
                 Error::new(
@@ -420,6 +535,53 @@ impl OpenPack {
             })?;
         self.chunk(entry, secret, zstd)
     }
+
+    /// [`OpenPack::chunk_at`] with only the index's keys read: the blob
+    /// where the manifest says, opened with the data key it authenticates
+    /// under (the chunk id is its associated data), then checked against
+    /// its id. What the index would add, that the chunk is at that place,
+    /// is what authentication proves.
+    fn chunk_by_keys(
+        &self,
+        loc: &super::manifest::ChunkLocation,
+        secret: &RepoSecret,
+        zstd: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<Vec<u8>> {
+        let not_there = || {
+            Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "pack {} does not hold chunk {} where the manifest says",
+                    self.key,
+                    loc.id.to_hex()
+                ),
+            )
+        };
+        let end = loc.offset as usize + loc.length as usize;
+        if end > self.data_end {
+            return Err(not_there());
+        }
+        let blob = &self.bytes[loc.offset as usize..end];
+        let (key, plain) = (0..self.index.keys.len())
+            .find_map(|k| self.index.keys[k].open(&loc.id, blob).map(|p| (k, p)))
+            .ok_or_else(not_there)?;
+        let entry = IndexEntry {
+            id: loc.id,
+            offset: loc.offset,
+            length: loc.length,
+            raw_length: loc.raw_length,
+            key: key as u16,
+        };
+        finish_chunk(&plain, &entry, secret, &self.key, zstd)
+    }
+}
+
+/// Where the blobs of a verified pack end (its trailer was checked when
+/// its index was read).
+fn data_end(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let len = u32::from_le_bytes(bytes[n - 12..n - 8].try_into().unwrap()) as usize;
+    n - 12 - len
 }
 
 #[cfg(test)]
@@ -466,5 +628,37 @@ mod tests {
             assert_eq!(&open.chunk(entry, &secret, &mut unzstd).unwrap(), data);
         }
         assert_eq!(open.index.chunks[3].key, 300);
+
+        // With the keys alone (a one-file restore): each chunk opens where
+        // its location says, with whichever key sealed it, and nowhere else.
+        let keys_only =
+            OpenPack::fetch_with(&store, &stored.key, &identity, 1 << 30, IndexNeed::Keys).unwrap();
+        assert!(keys_only.index.chunks.is_empty());
+        assert_eq!(keys_only.index.keys.len(), 301);
+        let loc = |e: &IndexEntry| crate::repo::manifest::ChunkLocation {
+            id: e.id,
+            pack: stored.key.clone(),
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        };
+        for (entry, data) in open.index.chunks.iter().zip(&chunks) {
+            assert_eq!(
+                &keys_only
+                    .chunk_at(&loc(entry), &secret, &mut unzstd)
+                    .unwrap(),
+                data
+            );
+        }
+        let mut elsewhere = loc(&open.index.chunks[1]);
+        elsewhere.offset = open.index.chunks[2].offset;
+        elsewhere.length = open.index.chunks[2].length;
+        let err = keys_only
+            .chunk_at(&elsewhere, &secret, &mut unzstd)
+            .unwrap_err();
+        assert!(err.to_string().contains("does not hold chunk"), "{err}");
+        let mut past = loc(&open.index.chunks[3]);
+        past.offset += past.length; // into the index
+        assert!(keys_only.chunk_at(&past, &secret, &mut unzstd).is_err());
     }
 }

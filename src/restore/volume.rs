@@ -21,7 +21,7 @@ use super::beneath::{self, Beneath};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repository;
 use crate::repo::manifest::{Entry, EntryKind, Manifest};
-use crate::repo::pack::OpenPack;
+use crate::repo::pack::{IndexNeed, OpenPack};
 use crate::source::volume::unescape;
 
 #[derive(Debug, Clone, Serialize)]
@@ -627,6 +627,11 @@ fn restore_data(
     Ok(packs_read.into_inner())
 }
 
+/// Up to this many chunks from one pack are opened by key alone
+/// ([`IndexNeed::Keys`]): trying each of a pack's few data keys on a blob
+/// costs less than parsing an index entry per chunk in the pack.
+const FEW_CHUNKS: usize = 64;
+
 #[allow(clippy::too_many_arguments)]
 fn restore_pack(
     repo: &Repository,
@@ -639,7 +644,14 @@ fn restore_pack(
     progress: &(dyn Fn(u64) + Sync),
     zstd: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<()> {
-    let pack = OpenPack::fetch(&*repo.store, pack, identity, repo.max_pack_bytes())?;
+    // A few chunks out of a pack (a file picked with --include) need only
+    // the index's keys; the manifest says where they lie.
+    let need = if uses.len() <= FEW_CHUNKS {
+        IndexNeed::Keys
+    } else {
+        IndexNeed::All
+    };
+    let pack = OpenPack::fetch_with(&*repo.store, pack, identity, repo.max_pack_bytes(), need)?;
     // Each chunk is opened once and written to every place that uses it; a
     // file is opened per write, so a pack of many small files holds no more
     // than one descriptor at a time.
