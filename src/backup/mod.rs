@@ -276,7 +276,7 @@ async fn seal_and_finish(
 /// key, its retain-until by HEAD), never from the catalog: whoever can write
 /// the catalog could otherwise let locks lapse under backups that need them.
 /// The catalog is told what the store now says.
-async fn extend_locks(
+pub(crate) async fn extend_locks(
     repo: &Arc<Repository>,
     catalog: &Catalog,
     repo_id: Uuid,

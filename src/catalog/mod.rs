@@ -34,6 +34,7 @@ macro_rules! held_by_live_backup {
 
 mod backups;
 mod gc;
+mod jobs;
 pub mod rebuild;
 mod store;
 
@@ -47,6 +48,7 @@ use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
+pub use jobs::{Claim, JobRow, Lease, ScheduleRow};
 
 /// The longest one catalog call may take, in seconds
 /// (`catalog.timeout_seconds`, set at connect). A PostgreSQL that stops

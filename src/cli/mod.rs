@@ -16,6 +16,7 @@ mod progress;
 mod repo;
 mod resources;
 mod restore;
+mod schedule;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,15 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Delete what no live backup needs, once its lock has expired.
     Gc(gc::GcArgs),
+    /// Run the control plane: schedules, retention, gc, the HTTP API and
+    /// /metrics, until SIGTERM. Applies pending catalog migrations first.
+    Server(schedule::ServerArgs),
+    /// List, describe, pause, resume or run the server's schedules.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// What retention keeps and deletes, and why.
+    #[command(subcommand)]
+    Retention(schedule::RetentionCommand),
     /// Development tools: the stand-in Kubernetes API server.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -224,6 +234,9 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Restore(cmd) => blocking(move || cmd.run(&ctx, out)),
         Command::Verify(cmd) => blocking(move || cmd.run(&ctx, out)),
         Command::Gc(cmd) => cmd.run(&ctx, out).await,
+        Command::Server(cmd) => cmd.run(&ctx).await,
+        Command::Schedule(cmd) => cmd.run(&ctx, out).await,
+        Command::Retention(cmd) => cmd.run(&ctx, out).await,
         Command::Dev(cmd) => cmd.run(out).await,
     }
 }

@@ -171,15 +171,19 @@ impl<'a> Lister<'a> {
         if self.done {
             return Ok(None);
         }
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        q.append_pair("limit", &PAGE.to_string());
-        if !self.selector.is_empty() {
-            q.append_pair("labelSelector", &self.selector);
-        }
-        if let Some(t) = &self.token {
-            q.append_pair("continue", t);
-        }
-        let path = format!("{}?{}", self.base, q.finish());
+        // The serializer is not Send: built and dropped before the await.
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &PAGE.to_string());
+            if !self.selector.is_empty() {
+                q.append_pair("labelSelector", &self.selector);
+            }
+            if let Some(t) = &self.token {
+                q.append_pair("continue", t);
+            }
+            q.finish()
+        };
+        let path = format!("{}?{query}", self.base);
         let page: Page = match self.cluster.try_get(&path).await? {
             Ok(p) => p,
             Err(r) if r.code == 410 => {

@@ -57,6 +57,72 @@ pub struct Config {
     /// How to reach the Kubernetes API.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// `drctl server`: where it listens, its leases, who may call it.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// What `drctl server` backs up, when, and for how long it keeps it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::ScheduleSpec>,
+}
+
+/// The `server:` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP API and /metrics. Loopback unless set.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer tokens: a file of `ROLE SHA256-HEX-OF-TOKEN` lines, roles
+    /// `viewer` and `operator`. Without it only /healthz, /readyz and
+    /// /metrics answer (the API refuses everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// The scheduler's leader lease, in seconds: another replica leads
+    /// within this time of the leader's death.
+    #[serde(default = "default_leader_lease")]
+    pub leader_lease_seconds: u64,
+    /// A job's lease, renewed every third of it while the job runs.
+    #[serde(default = "default_job_lease")]
+    pub job_lease_seconds: u64,
+    /// On SIGTERM, how long running jobs get before they are interrupted.
+    #[serde(default = "default_shutdown")]
+    pub shutdown_seconds: u64,
+    /// Jobs one replica runs at once.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// When `gc` runs (a cron expression, UTC); absent: never on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_cron: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tokens_file: None,
+            leader_lease_seconds: default_leader_lease(),
+            job_lease_seconds: default_job_lease(),
+            shutdown_seconds: default_shutdown(),
+            workers: default_workers(),
+            gc_cron: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9480".into()
+}
+fn default_leader_lease() -> u64 {
+    15
+}
+fn default_job_lease() -> u64 {
+    60
+}
+fn default_shutdown() -> u64 {
+    30
+}
+fn default_workers() -> usize {
+    1
 }
 
 /// Exactly one of `s3` or `local`.
@@ -337,6 +403,12 @@ impl Config {
             etcd.key_file.iter_mut().for_each(fix);
         }
         self.kubernetes.kubeconfig.iter_mut().for_each(fix);
+        self.server.tokens_file.iter_mut().for_each(fix);
+        for s in &mut self.schedules {
+            if let crate::schedule::SourceSpec::Volume { path } = &mut s.source {
+                fix(path);
+            }
+        }
     }
 
     /// Checks values the types cannot: one backend, URL schemes, key formats,
@@ -388,7 +460,79 @@ impl Config {
         if let Some(etcd) = &self.etcd {
             etcd.validate()?;
         }
+        self.validate_server(&mut warnings)?;
         Ok(warnings)
+    }
+}
+
+/// An error's message with its guidance, for a [`ConfigError`].
+fn with_hint(e: &Error) -> String {
+    match e.guidance() {
+        Some(g) => format!("{}; {g}", e.what()),
+        None => e.what().to_string(),
+    }
+}
+
+impl Config {
+    fn validate_server(&self, warnings: &mut Vec<String>) -> std::result::Result<(), ConfigError> {
+        let srv = &self.server;
+        if srv.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "server.listen",
+                &format!(
+                    "{:?} is not an address; expected e.g. 127.0.0.1:9480 or 0.0.0.0:9480",
+                    srv.listen
+                ),
+            ));
+        }
+        if !(3..=600).contains(&srv.leader_lease_seconds) {
+            return Err(ConfigError::new(
+                "server.leader_lease_seconds",
+                "out of range; expected 3 to 600 seconds",
+            ));
+        }
+        if !(6..=3600).contains(&srv.job_lease_seconds) {
+            return Err(ConfigError::new(
+                "server.job_lease_seconds",
+                "out of range; expected 6 to 3600 seconds",
+            ));
+        }
+        if !(1..=64).contains(&srv.workers) {
+            return Err(ConfigError::new(
+                "server.workers",
+                "out of range; expected 1 to 64",
+            ));
+        }
+        if let Some(gc) = &srv.gc_cron {
+            crate::schedule::Cron::parse(gc, "UTC")
+                .map_err(|e| ConfigError::new("server.gc_cron", &with_hint(&e)))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            let key = format!("schedules[{i}]");
+            if !seen.insert(s.name.as_str()) {
+                return Err(ConfigError::new(
+                    &format!("{key}.name"),
+                    &format!("{:?} is used by two schedules; names are unique", s.name),
+                ));
+            }
+            s.validate()
+                .map_err(|e| ConfigError::new(&key, &with_hint(&e)))?;
+            if matches!(s.source, crate::schedule::SourceSpec::Etcd {}) && self.etcd.is_none() {
+                return Err(ConfigError::new(
+                    &format!("{key}.source"),
+                    "backs up etcd, but the configuration has no `etcd:` section",
+                ));
+            }
+            if !s.retention.keeps_history() {
+                warnings.push(format!(
+                    "{key} ({}): retention keeps only the newest backup; \
+                     set keep_last, daily, weekly, … to keep more",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

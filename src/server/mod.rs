@@ -1,0 +1,320 @@
+//! `drctl server`: the control plane. Any number of replicas against one
+//! catalog; one leads (a lease row in PostgreSQL) and turns due schedule
+//! slots into jobs; every replica works jobs from the queue.
+//!
+//! ```text
+//! config (schedules) ──sync──> catalog.schedules
+//! leader loop: lease → reap dead jobs → tick each schedule → jobs (queued)
+//! worker loop: claim (SKIP LOCKED) → heartbeat → backup → retention → finish (fenced)
+//! http: /healthz /readyz /metrics /api/v1/…
+//! ```
+//!
+//! The server holds what writers hold (recipients and the repository
+//! secret), never the age identity: nothing that runs on a schedule can
+//! decrypt a backup.
+
+mod http;
+pub mod metrics;
+pub mod views;
+pub(crate) mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, Lease};
+use crate::config::{Config, Loaded};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repository;
+use crate::schedule::{self, Cursor};
+
+/// The name of the scheduler's lease row.
+pub const LEADER_LEASE: &str = "scheduler";
+
+/// What the server's tasks share.
+pub struct Shared {
+    pub catalog: Catalog,
+    pub repo: Arc<Repository>,
+    pub repo_id: Uuid,
+    pub config: std::sync::RwLock<Arc<Config>>,
+    pub config_path: PathBuf,
+    /// This replica's name in leases and job rows.
+    pub holder: String,
+    pub leader: AtomicBool,
+    pub shutting_down: AtomicBool,
+    /// Cancelled at the shutdown deadline: running jobs stop where they are.
+    pub abort: CancellationToken,
+    pub metrics: metrics::Metrics,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT: applies pending migrations,
+/// mirrors the schedules, then leads (when elected), works jobs and serves
+/// HTTP. `repo` is opened for writing by the caller.
+pub async fn run(loaded: Loaded, catalog: Catalog, repo: Repository) -> Result<()> {
+    let applied = catalog.migrate().await?;
+    for m in applied.iter().filter(|m| m.applied) {
+        tracing::info!(version = m.version, migration = %m.description, "catalog migrated");
+    }
+    let repo = Arc::new(repo);
+    let repo_id = catalog
+        .ensure_repository(&repo.config, &repo.store.location())
+        .await?;
+    let holder = format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..6]
+    );
+    let config = Arc::new(loaded.config);
+    let shared = Arc::new(Shared {
+        catalog,
+        repo,
+        repo_id,
+        config: std::sync::RwLock::new(config.clone()),
+        config_path: loaded.path.clone(),
+        holder,
+        leader: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
+        abort: CancellationToken::new(),
+        metrics: metrics::Metrics::new(),
+    });
+    sync_schedules(&shared, &config).await?;
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .map_err(|e| {
+            Error::io(
+                e,
+                ErrorKind::Config,
+                format!("cannot listen on {} (server.listen)", config.server.listen),
+            )
+            .with_guidance("pick a free port, or stop what holds this one")
+        })?;
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?addr,
+        holder = %shared.holder,
+        schedules = config.schedules.len(),
+        "drctl server started"
+    );
+    // Scripts and tests read the address from here (with port 0, the
+    // kernel picks one).
+    if let Some(addr) = addr {
+        println!("listening on http://{addr}");
+    }
+    let http = tracker.spawn(http::serve(shared.clone(), listener, stop.clone()));
+    tracker.spawn(lead(shared.clone(), stop.clone()));
+    let jobs = TaskTracker::new();
+    for n in 0..config.server.workers {
+        tracker.spawn(worker::work(shared.clone(), stop.clone(), jobs.clone(), n));
+    }
+    tracker.close();
+
+    signals(&shared, &stop).await;
+    // Shutting down: readiness off, no new claims, jobs get the deadline.
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    stop.cancel();
+    let deadline = Duration::from_secs(config.server.shutdown_seconds);
+    jobs.close();
+    if tokio::time::timeout(deadline, jobs.wait()).await.is_err() {
+        // Marked first, so the row says why; then the jobs are dropped.
+        let n = shared
+            .catalog
+            .interrupt_jobs_of(
+                &shared.holder,
+                &format!(
+                    "the server stopped (SIGTERM) and the job did not finish within \
+                     server.shutdown_seconds ({}s)",
+                    deadline.as_secs()
+                ),
+            )
+            .await
+            .unwrap_or(0);
+        shared.abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
+        tracing::warn!(
+            jobs = n,
+            "jobs still running at the shutdown deadline: marked interrupted"
+        );
+    }
+    if shared.leader.load(Ordering::SeqCst) {
+        let _ = shared
+            .catalog
+            .release_lease(LEADER_LEASE, &shared.holder)
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    tracing::info!("drctl server stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the configuration on SIGHUP.
+async fn signals(shared: &Arc<Shared>, stop: &CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        stop.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+            _ = hup.recv() => {
+                match reload(shared).await {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e.report(), "SIGHUP: configuration not reloaded; the old one stays"),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the configuration file again and mirrors its schedules. A file
+/// that does not load changes nothing.
+async fn reload(shared: &Arc<Shared>) -> Result<()> {
+    let loaded = Config::load(&shared.config_path)?;
+    let config = Arc::new(loaded.config);
+    sync_schedules(shared, &config).await?;
+    *shared.config.write().unwrap() = config;
+    Ok(())
+}
+
+async fn sync_schedules(shared: &Shared, config: &Config) -> Result<()> {
+    let (created, updated, removed) = shared
+        .catalog
+        .sync_schedules(shared.repo_id, &config.schedules, Utc::now())
+        .await?;
+    tracing::info!(
+        ?created,
+        ?updated,
+        ?removed,
+        "schedules mirrored from the configuration"
+    );
+    Ok(())
+}
+
+/// The leader loop: about once a second, take or renew the lease; while
+/// leading, give dead jobs back, and enqueue what is due.
+async fn lead(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ttl = Duration::from_secs(shared.config().server.leader_lease_seconds);
+        let lease = match shared
+            .catalog
+            .acquire_lease(LEADER_LEASE, &shared.holder, ttl)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the catalog for the leader lease");
+                None
+            }
+        };
+        let was = shared.leader.swap(lease.is_some(), Ordering::SeqCst);
+        shared.metrics.set_leader(lease.is_some());
+        let Some(lease) = lease else {
+            if was {
+                tracing::warn!("lost the scheduler lease; another replica leads");
+            }
+            continue;
+        };
+        if !was {
+            tracing::info!(generation = lease.generation, "leading the scheduler");
+        }
+        if let Err(e) = lead_once(&shared, lease).await {
+            tracing::warn!(error = %e.report(), "scheduler tick failed; retried in a second");
+        }
+    }
+}
+
+async fn lead_once(shared: &Shared, lease: Lease) -> Result<()> {
+    for job in shared.catalog.reap_jobs(shared.repo_id).await? {
+        tracing::warn!(job = %job.id, schedule = ?job.schedule, state = %job.state,
+            reason = ?job.reason, "job of a dead worker given back");
+    }
+    let now = Utc::now();
+    for row in shared.catalog.schedules(shared.repo_id, false).await? {
+        let cron = match row.spec.validate() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(schedule = %row.name, error = %e.report(), "schedule skipped");
+                continue;
+            }
+        };
+        shared.metrics.schedule(&row, &cron, now);
+        let busy = shared
+            .catalog
+            .busy_job(shared.repo_id, &row.name)
+            .await?
+            .map(|j| format!("{} (slot {})", j.id, j.scheduled_for.to_rfc3339()));
+        let cursor = Cursor {
+            last_slot: row.last_slot,
+        };
+        let (decisions, next) =
+            schedule::tick(&row.spec, &cron, row.paused, cursor, busy.as_deref(), now);
+        if decisions.is_empty() && next == cursor {
+            continue;
+        }
+        for d in &decisions {
+            match d {
+                schedule::Decision::Missed { .. } => shared.metrics.missed(&row.name),
+                schedule::Decision::Skipped { reason, .. } => {
+                    tracing::warn!(schedule = %row.name, %reason, "slot skipped")
+                }
+                schedule::Decision::Run { slot, trigger } => {
+                    tracing::info!(schedule = %row.name, slot = %slot, trigger, "run enqueued")
+                }
+            }
+        }
+        shared
+            .catalog
+            .record_tick(
+                shared.repo_id,
+                (LEADER_LEASE, &shared.holder, lease),
+                &row.name,
+                &decisions,
+                next,
+            )
+            .await?;
+    }
+    if let Some(gc) = shared.config().server.gc_cron.as_deref() {
+        worker::enqueue_gc_if_due(shared, gc, now).await?;
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "drctl".into())
+}
