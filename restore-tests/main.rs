@@ -18,6 +18,7 @@ mod resources;
 mod restore_safety;
 mod runbook;
 mod s3;
+mod server;
 mod services;
 mod tree;
 mod volume;

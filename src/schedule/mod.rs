@@ -39,6 +39,9 @@ pub struct ScheduleSpec {
     /// What to do with slots missed while no server ran (or while paused).
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// `source: {volume: {path: …}}`, `{etcd: {}}` or `{resources: {…}}`:
+    /// a one-key map, as people write YAML (not a `!volume` tag).
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub source: SourceSpec,
     #[serde(default)]
     pub retention: Policy,
