@@ -29,11 +29,15 @@ impl ServerArgs {
         )
         .await?;
         let config = loaded.config.clone();
-        let repo = tokio::task::spawn_blocking(move || super::open_repo(&config, None, true))
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Failed, "opening the repository panicked").with_source(e)
-            })??;
+        // A writer: `--identity` is refused, encryption.identity_file ignored.
+        let identity = ctx.identity.clone();
+        let repo = tokio::task::spawn_blocking(move || {
+            super::open_repo(&config, identity.as_deref(), true)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Failed, "opening the repository panicked").with_source(e)
+        })??;
         crate::server::run(loaded, catalog, repo).await
     }
 }
