@@ -25,12 +25,17 @@ impl Drop for Server {
 
 impl Server {
     fn start(env: &VolumeEnv) -> Server {
+        Self::start_with(env, "server.log", &[])
+    }
+
+    /// A server logging to `log` in the workspace, with `vars` set.
+    fn start_with(env: &VolumeEnv, log: &str, vars: &[(&str, &str)]) -> Server {
+        let log = env.ws.path(log);
         let mut child = env
             .cmd(&["server", "--listen", "127.0.0.1:0"])
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(env.ws.path("server.log")).expect("log file"),
-            ))
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .spawn()
             .expect("start drctl server");
         let mut line = String::new();
@@ -43,7 +48,7 @@ impl Server {
             .unwrap_or_else(|| {
                 panic!(
                     "drctl server did not say where it listens: {line:?}\n{}",
-                    std::fs::read_to_string(env.ws.path("server.log")).unwrap_or_default()
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 )
             })
             .to_string();
@@ -387,4 +392,243 @@ async fn the_server_backs_up_on_schedule_keeps_what_retention_says_and_answers_b
     .await
     .expect("read the lease");
     assert_eq!(holder, None, "leadership released at shutdown");
+}
+
+/// The holder of the scheduler's lease, while it is held.
+async fn leader(pool: &sqlx::PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'scheduler' AND expires_at > now()")
+        .fetch_optional(pool)
+        .await
+        .expect("read the lease")
+}
+
+/// The pid in a holder name (`HOST-PID-RANDOM`).
+fn pid_of(holder: &str) -> u32 {
+    let mut parts = holder.rsplitn(3, '-');
+    parts.next();
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("HOST-PID-RANDOM")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_runs_none_twice() {
+    let bucket = harness::locked_bucket().await;
+    let env = VolumeEnv::s3(&services().s3_endpoint, &bucket.name, 1).await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("f{i}")), vec![i as u8; 200_000]).unwrap();
+    }
+    // Every minute, on a clock sixty times as fast: a slot a second. A slot
+    // may start up to ten (real) seconds late: the failover's slots run
+    // late (or are skipped for the run that is still going), never missed.
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str(&format!(
+        "server:\n  leader_lease_seconds: 3\n  job_lease_seconds: 6\n  shutdown_seconds: 5\n\
+         schedules:\n  - name: ha\n    cron: \"* * * * *\"\n    starting_deadline_seconds: 600\n    \
+         skip_immediately: true\n    \
+         source:\n      volume:\n        path: {}\n    retention:\n      keep_last: 1000\n",
+        src.display()
+    ));
+    std::fs::write(&env.config, config).unwrap();
+    let base = chrono::Utc::now().timestamp().to_string();
+    let clock = format!("{base}:60");
+    let vars = [("DRCTL_TEST_CLOCK", clock.as_str())];
+    let mut servers: Vec<Server> = (0..3)
+        .map(|i| Server::start_with(&env, &format!("server-{i}.log"), &vars))
+        .collect();
+    let pool = env.db.pool.clone();
+    let log = env.ws.path("server-0.log");
+
+    // Exactly one leader, and every replica agrees which.
+    let first = loop {
+        if let Some(h) = leader(&pool).await {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leading: Vec<bool> = servers
+        .iter()
+        .map(|s| {
+            let (_, text) = s.call("GET", "/metrics", None);
+            text.lines().any(|l| l == "drctl_leader 1")
+        })
+        .collect();
+    assert_eq!(
+        leading.iter().filter(|l| **l).count(),
+        1,
+        "one leader: {leading:?}"
+    );
+    let at = servers
+        .iter()
+        .position(|s| s.child.id() == pid_of(&first))
+        .expect("the leader is ours");
+    assert!(
+        leading[at],
+        "the lease holder is the replica that says it leads"
+    );
+
+    // Wait for the leader to be mid-backup, then SIGKILL it.
+    let started = Instant::now();
+    let job: uuid::Uuid = loop {
+        let running: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE kind = 'backup' AND state = 'running' AND lease_owner = $1",
+        )
+        .bind(&first)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(id) = running {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the leader never ran a backup: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut dead = servers.remove(at);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let killed = Instant::now();
+
+    // Another replica leads within the lease time (and a second's tick).
+    let second = loop {
+        match leader(&pool).await {
+            Some(h) if h != first => break h,
+            _ => {}
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3 + 2),
+            "no new leader within the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(servers.iter().any(|s| s.child.id() == pid_of(&second)));
+
+    // The killed run is retried by a live replica or marked, never left running.
+    let (state, attempt, reason): (String, i32, Option<String>) = loop {
+        let row: (String, i32, Option<String>) =
+            sqlx::query_as("SELECT state, attempt, reason FROM jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if matches!(row.0.as_str(), "succeeded" | "interrupted" | "failed") {
+            break row;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the killed run stays {}",
+            row.0
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        state == "succeeded" && attempt == 2 || state == "interrupted" && reason.is_some(),
+        "the killed run: {state}, attempt {attempt}, {reason:?}"
+    );
+
+    // At least fifty slots decided.
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'backup'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n >= 55 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "only {n} slots in three minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for s in &servers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &s.child.id().to_string()])
+            .status();
+    }
+    for s in &mut servers {
+        let st = wait_for(20, "exit after SIGTERM", &log, || {
+            s.child.try_wait().unwrap()
+        });
+        assert!(st.success());
+    }
+
+    // Every slot from the first to the last has exactly one row, none is
+    // missed, and nothing is left running or queued.
+    let rows: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        String,
+        Option<String>,
+        Option<uuid::Uuid>,
+    )> = sqlx::query_as(
+        "SELECT scheduled_for, state, reason, backup_id FROM jobs \
+             WHERE kind = 'backup' AND schedule = 'ha' ORDER BY scheduled_for",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 50);
+    for pair in rows.windows(2) {
+        assert_eq!(
+            pair[1].0 - pair[0].0,
+            chrono::Duration::minutes(1),
+            "consecutive slots: {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let count = |s: &str| rows.iter().filter(|r| r.1 == s).count();
+    assert_eq!(count("missed"), 0, "{rows:#?}");
+    assert_eq!(count("running"), 0, "{rows:#?}");
+    // A slot enqueued as the last replica stopped waits for the next server.
+    assert!(
+        rows.iter().rev().skip(1).all(|r| r.1 != "queued"),
+        "only the newest slot may still be queued: {rows:#?}"
+    );
+    assert!(count("succeeded") >= 25, "most slots ran: {rows:#?}");
+    for r in rows.iter().filter(|r| r.1 == "skipped") {
+        let why = r.2.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("concurrency: forbid"),
+            "a skip says why: {why}"
+        );
+    }
+    eprintln!(
+        "{} slots: {} succeeded, {} skipped, {} interrupted, {} queued; the killed run: {state} \
+         (attempt {attempt}); leader {first} -> {second} in {:?}",
+        rows.len(),
+        count("succeeded"),
+        count("skipped"),
+        count("interrupted"),
+        count("queued"),
+        killed.elapsed()
+    );
+    // Each succeeded run made one complete backup, of its own.
+    let backups: Vec<uuid::Uuid> = rows
+        .iter()
+        .filter(|r| r.1 == "succeeded")
+        .filter_map(|r| r.3)
+        .collect();
+    assert_eq!(backups.len(), count("succeeded"));
+    let distinct: std::collections::HashSet<_> = backups.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        backups.len(),
+        "no backup is claimed by two slots"
+    );
+    let complete: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM backups WHERE id = ANY($1) AND status = 'complete'",
+    )
+    .bind(&backups)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(complete as usize, backups.len());
 }

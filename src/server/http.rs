@@ -265,7 +265,7 @@ async fn resume(State(shared): S, headers: HeaderMap, Path(name): Path<String>) 
     }
     match shared
         .catalog
-        .resume_schedule(shared.repo_id, &name, chrono::Utc::now())
+        .resume_schedule(shared.repo_id, &name, shared.clock.now())
         .await
     {
         Ok(changed) => json(

@@ -37,6 +37,54 @@ use crate::schedule::{self, Cursor};
 /// The name of the scheduler's lease row.
 pub const LEADER_LEASE: &str = "scheduler";
 
+/// The scheduler's clock: real time, unless the environment sets
+/// `DRCTL_TEST_CLOCK=BASE:SCALE` (tests only: from the Unix time BASE, time
+/// runs SCALE times as fast, so fifty minutes of one-minute slots pass in
+/// fifty seconds). Only slot decisions read it; leases, heartbeats and
+/// every catalog time are the database's real clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: i64,
+    scale: i64,
+}
+
+impl Clock {
+    pub const ENV: &str = "DRCTL_TEST_CLOCK";
+
+    pub fn from_env() -> Result<Clock> {
+        let Ok(v) = std::env::var(Self::ENV) else {
+            return Ok(Clock { base: 0, scale: 1 });
+        };
+        let parsed = v
+            .split_once(':')
+            .and_then(|(b, s)| Some((b.parse::<i64>().ok()?, s.parse::<i64>().ok()?)))
+            .filter(|&(_, s)| (1..=3600).contains(&s));
+        let (base, scale) = parsed.ok_or_else(|| {
+            Error::config(format!(
+                "{}={v:?} is not BASE_UNIX_SECONDS:SCALE",
+                Self::ENV
+            ))
+            .with_guidance(format!("unset {}: it is for tests", Self::ENV))
+        })?;
+        tracing::warn!(
+            base,
+            scale,
+            "{} is set: schedules run on a test clock",
+            Self::ENV
+        );
+        Ok(Clock { base, scale })
+    }
+
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        let real = Utc::now();
+        if self.scale == 1 {
+            return real;
+        }
+        let base = chrono::DateTime::from_timestamp(self.base, 0).unwrap_or(real);
+        base + (real - base) * (self.scale as i32)
+    }
+}
+
 /// What the server's tasks share.
 pub struct Shared {
     pub catalog: Catalog,
@@ -51,6 +99,7 @@ pub struct Shared {
     /// Cancelled at the shutdown deadline: running jobs stop where they are.
     pub abort: CancellationToken,
     pub metrics: metrics::Metrics,
+    pub clock: Clock,
 }
 
 impl Shared {
@@ -89,6 +138,7 @@ pub async fn run(loaded: Loaded, catalog: Catalog, repo: Repository) -> Result<(
         shutting_down: AtomicBool::new(false),
         abort: CancellationToken::new(),
         metrics: metrics::Metrics::new(),
+        clock: Clock::from_env()?,
     });
     sync_schedules(&shared, &config).await?;
 
@@ -201,7 +251,7 @@ async fn reload(shared: &Arc<Shared>) -> Result<()> {
 async fn sync_schedules(shared: &Shared, config: &Config) -> Result<()> {
     let (created, updated, removed) = shared
         .catalog
-        .sync_schedules(shared.repo_id, &config.schedules, Utc::now())
+        .sync_schedules(shared.repo_id, &config.schedules, shared.clock.now())
         .await?;
     tracing::info!(
         ?created,
@@ -256,7 +306,7 @@ async fn lead_once(shared: &Shared, lease: Lease) -> Result<()> {
         tracing::warn!(job = %job.id, schedule = ?job.schedule, state = %job.state,
             reason = ?job.reason, "job of a dead worker given back");
     }
-    let now = Utc::now();
+    let now = shared.clock.now();
     for row in shared.catalog.schedules(shared.repo_id, false).await? {
         let cron = match row.spec.validate() {
             Ok(c) => c,
