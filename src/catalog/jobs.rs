@@ -78,6 +78,14 @@ fn job_row(r: &sqlx::postgres::PgRow) -> JobRow {
     }
 }
 
+/// What one tick decided for one schedule.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    pub schedule: String,
+    pub decisions: Vec<Decision>,
+    pub cursor: Cursor,
+}
+
 /// A claimed job: the row and the lease generation that fences its writes.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -287,17 +295,20 @@ impl Catalog {
         Ok(true)
     }
 
-    /// Records a tick's decisions for a schedule and moves its cursor, in
-    /// one transaction, only while `lease` still leads: a deposed leader
-    /// enqueues nothing. Slots already recorded are left as they are.
-    pub async fn record_tick(
+    /// Records a tick's decisions and moves the cursors of the schedules
+    /// decided, in one transaction (three statements however many
+    /// schedules: a thousand due at once are enqueued in milliseconds),
+    /// only while `lease` still leads: a deposed leader enqueues nothing.
+    /// Slots already recorded are left as they are. Returns the runs queued.
+    pub async fn record_ticks(
         &self,
         repo: Uuid,
         lease: (&str, &str, Lease),
-        schedule: &str,
-        decisions: &[Decision],
-        cursor: Cursor,
+        ticks: &[Tick],
     ) -> Result<usize> {
+        if ticks.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.pool().begin().bounded().await.map_err(query_error)?;
         let (lease_name, holder, Lease { generation }) = lease;
         let leads: Option<i64> = sqlx::query_scalar(
@@ -314,65 +325,95 @@ impl Catalog {
         if leads.is_none() {
             return Err(lost("enqueue"));
         }
-        let mut queued = 0;
-        for d in decisions {
-            let (state, trigger, reason) = match d {
-                Decision::Run { trigger, .. } => ("queued", *trigger, None),
-                Decision::Skipped { reason, .. } => ("skipped", "schedule", Some(reason.as_str())),
-                Decision::Missed { reason, .. } => ("missed", "schedule", Some(reason.as_str())),
-            };
-            let r = sqlx::query(
-                "INSERT INTO jobs (id, repository_id, kind, schedule, scheduled_for, trigger, state, \
-                   reason, finished_at) \
-                 VALUES ($1, $2, 'backup', $3, $4, $5, $6, $7, CASE WHEN $6 = 'queued' THEN NULL ELSE now() END) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(Uuid::now_v7())
-            .bind(repo)
-            .bind(schedule)
-            .bind(d.slot())
-            .bind(trigger)
-            .bind(state)
-            .bind(reason)
-            .execute(&mut *tx)
-            .bounded()
-            .await
-            .map_err(query_error)?;
-            if state == "queued" {
-                queued += r.rows_affected() as usize;
+        let mut ids = Vec::new();
+        let mut names = Vec::new();
+        let mut slots = Vec::new();
+        let mut triggers = Vec::new();
+        let mut states = Vec::new();
+        let mut reasons: Vec<Option<String>> = Vec::new();
+        for t in ticks {
+            for d in &t.decisions {
+                let (state, trigger, reason) = match d {
+                    Decision::Run { trigger, .. } => ("queued", *trigger, None),
+                    Decision::Skipped { reason, .. } => {
+                        ("skipped", "schedule", Some(reason.clone()))
+                    }
+                    Decision::Missed { reason, .. } => ("missed", "schedule", Some(reason.clone())),
+                };
+                ids.push(Uuid::now_v7());
+                names.push(t.schedule.clone());
+                slots.push(d.slot());
+                triggers.push(trigger.to_string());
+                states.push(state.to_string());
+                reasons.push(reason);
             }
         }
-        sqlx::query(
-            "UPDATE schedules SET last_slot = $3 WHERE repository_id = $1 AND name = $2 \
-             AND last_slot IS NOT DISTINCT FROM last_slot",
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, repository_id, kind, schedule, scheduled_for, trigger, state, \
+               reason, finished_at) \
+             SELECT u.id, $1, 'backup', u.schedule, u.slot, u.trigger, u.state, u.reason, \
+               CASE WHEN u.state = 'queued' THEN NULL ELSE now() END \
+             FROM UNNEST($2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[]) \
+               AS u(id, schedule, slot, trigger, state, reason) \
+             ON CONFLICT DO NOTHING RETURNING state",
         )
         .bind(repo)
-        .bind(schedule)
-        .bind(cursor.last_slot)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&slots)
+        .bind(&triggers)
+        .bind(&states)
+        .bind(&reasons)
+        .fetch_all(&mut *tx)
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        let cursor_names: Vec<String> = ticks.iter().map(|t| t.schedule.clone()).collect();
+        let cursors: Vec<Option<DateTime<Utc>>> =
+            ticks.iter().map(|t| t.cursor.last_slot).collect();
+        sqlx::query(
+            "UPDATE schedules s SET last_slot = u.last_slot \
+             FROM UNNEST($2::text[], $3::timestamptz[]) AS u(name, last_slot) \
+             WHERE s.repository_id = $1 AND s.name = u.name",
+        )
+        .bind(repo)
+        .bind(&cursor_names)
+        .bind(&cursors)
         .execute(&mut *tx)
         .bounded()
         .await
         .map_err(query_error)?;
         tx.commit().bounded().await.map_err(query_error)?;
-        Ok(queued)
+        Ok(inserted.iter().filter(|s| *s == "queued").count())
     }
 
-    /// The queued or running backup job of a schedule, if any (concurrency
-    /// is forbid).
-    pub async fn busy_job(&self, repo: Uuid, schedule: &str) -> Result<Option<JobRow>> {
-        let r = sqlx::query(concat!(
-            "SELECT ",
+    /// The schedules of `names` with a backup run queued or running
+    /// (concurrency is forbid), each with its oldest such run, in one query.
+    pub async fn busy_jobs(
+        &self,
+        repo: Uuid,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, JobRow>> {
+        if names.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (schedule) ",
             job_columns!(),
-            " FROM jobs WHERE repository_id = $1 AND schedule = $2 \
-             AND kind = 'backup' AND state IN ('queued', 'running') ORDER BY scheduled_for LIMIT 1"
+            " FROM jobs WHERE repository_id = $1 AND schedule = ANY($2) \
+             AND kind = 'backup' AND state IN ('queued', 'running') ORDER BY schedule, scheduled_for"
         ))
         .bind(repo)
-        .bind(schedule)
-        .fetch_optional(self.pool())
+        .bind(names)
+        .fetch_all(self.pool())
         .bounded()
         .await
         .map_err(query_error)?;
-        Ok(r.as_ref().map(job_row))
+        Ok(rows
+            .iter()
+            .map(job_row)
+            .map(|j| (j.schedule.clone().unwrap_or_default(), j))
+            .collect())
     }
 
     /// Enqueues a job now (`drctl schedule run`, retention, gc). Returns

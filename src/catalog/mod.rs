@@ -48,7 +48,7 @@ use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
-pub use jobs::{Claim, JobRow, Lease, ScheduleRow};
+pub use jobs::{Claim, JobRow, Lease, ScheduleRow, Tick};
 
 /// The longest one catalog call may take, in seconds
 /// (`catalog.timeout_seconds`, set at connect). A PostgreSQL that stops

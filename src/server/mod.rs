@@ -267,6 +267,8 @@ async fn sync_schedules(shared: &Shared, config: &Config) -> Result<()> {
 async fn lead(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut crons = Crons::new();
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -295,59 +297,95 @@ async fn lead(shared: Arc<Shared>, stop: CancellationToken) {
         if !was {
             tracing::info!(generation = lease.generation, "leading the scheduler");
         }
-        if let Err(e) = lead_once(&shared, lease).await {
+        ticks += 1;
+        if let Err(e) = lead_once(&shared, lease, &mut crons, ticks % 10 == 1).await {
             tracing::warn!(error = %e.report(), "scheduler tick failed; retried in a second");
         }
     }
 }
 
-async fn lead_once(shared: &Shared, lease: Lease) -> Result<()> {
+/// Parsed expressions by (expression, zone): a tick reads every schedule
+/// every second, and parsing a thousand of them each time would be most of
+/// an idle server's CPU.
+type Crons = std::collections::HashMap<(String, String), schedule::Cron>;
+
+/// One scheduler tick. `gauges`: also refresh every schedule's gauges
+/// (next run, interval, paused), which the leader does every few seconds.
+async fn lead_once(shared: &Shared, lease: Lease, crons: &mut Crons, gauges: bool) -> Result<()> {
     for job in shared.catalog.reap_jobs(shared.repo_id).await? {
         tracing::warn!(job = %job.id, schedule = ?job.schedule, state = %job.state,
             reason = ?job.reason, "job of a dead worker given back");
     }
     let now = shared.clock.now();
-    for row in shared.catalog.schedules(shared.repo_id, false).await? {
-        let cron = match row.spec.validate() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(schedule = %row.name, error = %e.report(), "schedule skipped");
-                continue;
-            }
+    let rows = shared.catalog.schedules(shared.repo_id, false).await?;
+    if crons.len() > 4 * rows.len() + 64 {
+        crons.clear();
+    }
+    // First in memory: which schedules have a slot due. Only those are
+    // asked about (one query) and recorded (one transaction).
+    let mut due = Vec::new();
+    for row in rows {
+        let key = (row.spec.cron.clone(), row.spec.time_zone.clone());
+        let cron = match crons.get(&key) {
+            Some(c) => c.clone(),
+            None => match row.spec.validate() {
+                Ok(c) => {
+                    crons.insert(key, c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::error!(schedule = %row.name, error = %e.report(), "schedule skipped");
+                    continue;
+                }
+            },
         };
-        shared.metrics.schedule(&row, &cron, now);
-        let busy = shared
-            .catalog
-            .busy_job(shared.repo_id, &row.name)
-            .await?
-            .map(|j| format!("{} (slot {})", j.id, j.scheduled_for.to_rfc3339()));
         let cursor = Cursor {
             last_slot: row.last_slot,
         };
-        let (decisions, next) =
-            schedule::tick(&row.spec, &cron, row.paused, cursor, busy.as_deref(), now);
-        if decisions.is_empty() && next == cursor {
-            continue;
+        let (decisions, next) = schedule::tick(&row.spec, &cron, row.paused, cursor, None, now);
+        let is_due = !(decisions.is_empty() && next == cursor);
+        if gauges || is_due {
+            shared.metrics.schedule(&row, &cron, now);
         }
-        for d in &decisions {
-            match d {
-                schedule::Decision::Missed { .. } => shared.metrics.missed(&row.name),
-                schedule::Decision::Skipped { reason, .. } => {
-                    tracing::warn!(schedule = %row.name, %reason, "slot skipped")
+        if is_due {
+            due.push((row, cron, cursor, decisions, next));
+        }
+    }
+    if !due.is_empty() {
+        let names: Vec<String> = due.iter().map(|d| d.0.name.clone()).collect();
+        let busy = shared.catalog.busy_jobs(shared.repo_id, &names).await?;
+        let mut ticks = Vec::with_capacity(due.len());
+        for (row, cron, cursor, decisions, next) in due {
+            let (decisions, next) = match busy.get(&row.name) {
+                Some(j) => {
+                    let run = format!("{} (slot {})", j.id, j.scheduled_for.to_rfc3339());
+                    schedule::tick(&row.spec, &cron, row.paused, cursor, Some(&run), now)
                 }
-                schedule::Decision::Run { slot, trigger } => {
-                    tracing::info!(schedule = %row.name, slot = %slot, trigger, "run enqueued")
+                None => (decisions, next),
+            };
+            for d in &decisions {
+                match d {
+                    schedule::Decision::Missed { .. } => shared.metrics.missed(&row.name),
+                    schedule::Decision::Skipped { reason, .. } => {
+                        tracing::warn!(schedule = %row.name, %reason, "slot skipped")
+                    }
+                    schedule::Decision::Run { slot, trigger } => {
+                        tracing::info!(schedule = %row.name, slot = %slot, trigger, "run enqueued")
+                    }
                 }
             }
+            ticks.push(crate::catalog::Tick {
+                schedule: row.name,
+                decisions,
+                cursor: next,
+            });
         }
         shared
             .catalog
-            .record_tick(
+            .record_ticks(
                 shared.repo_id,
                 (LEADER_LEASE, &shared.holder, lease),
-                &row.name,
-                &decisions,
-                next,
+                &ticks,
             )
             .await?;
     }
