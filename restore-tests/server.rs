@@ -394,6 +394,14 @@ async fn the_server_backs_up_on_schedule_keeps_what_retention_says_and_answers_b
     assert_eq!(holder, None, "leadership released at shutdown");
 }
 
+/// A backup job row: its slot, state, reason and backup.
+type JobSlot = (
+    chrono::DateTime<chrono::Utc>,
+    String,
+    Option<String>,
+    Option<uuid::Uuid>,
+);
+
 /// The holder of the scheduler's lease, while it is held.
 async fn leader(pool: &sqlx::PgPool) -> Option<String> {
     sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'scheduler' AND expires_at > now()")
@@ -562,12 +570,7 @@ async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_r
 
     // Every slot from the first to the last has exactly one row, none is
     // missed, and nothing is left running or queued.
-    let rows: Vec<(
-        chrono::DateTime<chrono::Utc>,
-        String,
-        Option<String>,
-        Option<uuid::Uuid>,
-    )> = sqlx::query_as(
+    let rows: Vec<JobSlot> = sqlx::query_as(
         "SELECT scheduled_for, state, reason, backup_id FROM jobs \
              WHERE kind = 'backup' AND schedule = 'ha' ORDER BY scheduled_for",
     )
