@@ -637,7 +637,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA named `name` in `dir`, and a certificate it signs for `leaf` with
 /// the extensions `ext` (an openssl extfile line).
-fn ca(dir: &Path, name: &str) {
+pub(crate) fn ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
@@ -660,7 +660,7 @@ fn ca(dir: &Path, name: &str) {
     );
 }
 
-fn signed(dir: &Path, ca: &str, leaf: &str, ext: &str) {
+pub(crate) fn signed(dir: &Path, ca: &str, leaf: &str, ext: &str) {
     std::fs::write(dir.join(format!("{leaf}.ext")), ext).unwrap();
     openssl(
         dir,

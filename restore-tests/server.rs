@@ -45,6 +45,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| {
                 panic!(
                     "drctl server did not say where it listens: {line:?}\n{}",
@@ -716,4 +717,99 @@ async fn sigterm_during_a_backup_exits_within_the_deadline_and_marks_the_run() {
     .await
     .unwrap();
     assert_eq!(complete, 0, "the interrupted run left no complete backup");
+}
+
+/// GET `path` over HTTPS, trusting only the CA in `ca`; the status and body.
+fn https_get(addr: &str, path: &str, ca: &std::path::Path) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("a TLS handshake the CA vouches for");
+    let mut raw = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut raw) {
+        // A peer that closes without close_notify: what was read stands.
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_certificate_the_server_speaks_only_https() {
+    let env = VolumeEnv::new().await;
+    let dir = env.ws.path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    crate::etcd::ca(&dir, "ca");
+    crate::etcd::signed(&dir, "ca", "server", "subjectAltName=IP:127.0.0.1\n");
+    let base = std::fs::read_to_string(&env.config).unwrap();
+
+    // A key that is not there: refused at start, naming the key.
+    std::fs::write(
+        &env.config,
+        format!(
+            "{base}server:\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+            dir.join("server.crt").display(),
+            dir.join("missing.key").display()
+        ),
+    )
+    .unwrap();
+    let (out, _, stderr) = harness::run(&mut env.cmd(&["server", "--listen", "127.0.0.1:0"]));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("server.tls.key_file"), "{stderr}");
+
+    std::fs::write(
+        &env.config,
+        format!(
+            "{base}server:\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&env);
+    let (status, body) = https_get(&server.addr, "/healthz", &dir.join("ca.crt"));
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = https_get(&server.addr, "/api/v1/schedules", &dir.join("ca.crt"));
+    assert_eq!(status, 403, "no tokens file: the API is off: {body}");
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(&server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = write!(
+        plain,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::new();
+    let _ = plain.read_to_end(&mut raw);
+    assert!(
+        !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+        "plain HTTP was answered: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
 }

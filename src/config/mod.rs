@@ -93,6 +93,19 @@ pub struct ServerConfig {
     /// When `gc` runs (a cron expression, UTC); absent: never on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc_cron: Option<String>,
+    /// HTTPS: a certificate chain and its key (PEM). Absent: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The server's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +118,7 @@ impl Default for ServerConfig {
             shutdown_seconds: default_shutdown(),
             workers: default_workers(),
             gc_cron: None,
+            tls: None,
         }
     }
 }
@@ -404,6 +418,10 @@ impl Config {
         }
         self.kubernetes.kubeconfig.iter_mut().for_each(fix);
         self.server.tokens_file.iter_mut().for_each(fix);
+        if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.cert_file);
+            fix(&mut tls.key_file);
+        }
         for s in &mut self.schedules {
             if let crate::schedule::SourceSpec::Volume { path } = &mut s.source {
                 fix(path);

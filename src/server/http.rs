@@ -24,9 +24,11 @@ use crate::error::{Error, ErrorKind};
 
 type S = State<Arc<Shared>>;
 
+/// Serves until `stop`: HTTPS when `tls` is given, else plain HTTP.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let app = Router::new()
@@ -41,6 +43,9 @@ pub async fn serve(
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/backups", get(backups))
         .with_state(shared);
+    if let Some(acceptor) = tls {
+        return super::tls::serve(listener, acceptor, app, stop).await;
+    }
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

@@ -15,6 +15,7 @@
 
 mod http;
 pub mod metrics;
+mod tls;
 pub mod views;
 pub(crate) mod worker;
 
@@ -154,6 +155,8 @@ pub async fn run(loaded: Loaded, catalog: Catalog, repo: Repository) -> Result<(
             )
             .with_guidance("pick a free port, or stop what holds this one")
         })?;
+    let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr().ok();
     tracing::info!(
         listen = ?addr,
@@ -164,9 +167,9 @@ pub async fn run(loaded: Loaded, catalog: Catalog, repo: Repository) -> Result<(
     // Scripts and tests read the address from here (with port 0, the
     // kernel picks one).
     if let Some(addr) = addr {
-        println!("listening on http://{addr}");
+        println!("listening on {scheme}://{addr}");
     }
-    let http = tracker.spawn(http::serve(shared.clone(), listener, stop.clone()));
+    let http = tracker.spawn(http::serve(shared.clone(), listener, tls, stop.clone()));
     tracker.spawn(lead(shared.clone(), stop.clone()));
     let jobs = TaskTracker::new();
     for n in 0..config.server.workers {
