@@ -813,3 +813,111 @@ async fn with_a_certificate_the_server_speaks_only_https() {
         String::from_utf8_lossy(&raw)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_schedules_a_bad_file_changes_nothing_and_gc_runs_on_its_own() {
+    let env = VolumeEnv::new().await;
+    let src = env.ws.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "data\n").unwrap();
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    let schedule = |name: &str| {
+        format!(
+            "  - name: {name}\n    cron: \"@daily\"\n    source:\n      volume:\n        path: {}\n    \
+             retention:\n      keep_last: 5\n",
+            src.display()
+        )
+    };
+    std::fs::write(
+        &env.config,
+        format!("{base}schedules:\n{}", schedule("first")),
+    )
+    .unwrap();
+    let log = env.ws.path("server.log");
+    let server = Server::start(&env);
+    let names = |env: &VolumeEnv| -> Vec<String> {
+        env.json(&["schedule", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&env), ["first"]);
+    let hup = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &server.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+
+    // A file that does not load: the old schedules stay, the server runs on.
+    std::fs::write(
+        &env.config,
+        format!("{base}schedules:\n  - name: [broken\n"),
+    )
+    .unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.call("GET", "/healthz", None).0, 200);
+    // (The CLI reads the same broken file: ask the catalog directly.)
+    let mirrored: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM schedules WHERE removed_at IS NULL ORDER BY name")
+            .fetch_all(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(mirrored, ["first"]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("configuration not reloaded"), "{logged}");
+
+    // A second schedule and gc every minute: mirrored, run, collected.
+    std::fs::write(
+        &env.config,
+        format!(
+            "{base}server:\n  gc_cron: \"* * * * *\"\nschedules:\n{}{}",
+            schedule("first"),
+            schedule("second")
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for(30, "the second schedule mirrored", &log, || {
+        (names(&env) == ["first", "second"]).then_some(())
+    });
+    wait_for(60, "a run of the second schedule", &log, || {
+        (!succeeded(&env, "second").is_empty()).then_some(())
+    });
+    let (text, scrape) = wait_for(60, "a gc run", &log, || {
+        let (_, text) = server.call("GET", "/metrics", None);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        (metric(&scrape, "drctl_gc_runs_total", None) >= Some(1.0)).then_some((text, scrape))
+    });
+    assert_eq!(
+        metric(&scrape, "drctl_backup_success_total", Some("second")),
+        Some(1.0),
+        "{text}"
+    );
+    let gc: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'gc' AND state = 'succeeded'")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert!(gc >= 1);
+
+    // Gone from the file: no longer scheduled, its backups kept.
+    std::fs::write(
+        &env.config,
+        format!("{base}schedules:\n{}", schedule("second")),
+    )
+    .unwrap();
+    hup();
+    wait_for(30, "the first schedule removed", &log, || {
+        (names(&env) == ["second"]).then_some(())
+    });
+    let kept = env.json(&["backup", "list", "--name", "first"]);
+    assert_eq!(kept.as_array().unwrap().len(), 1, "{kept}");
+}
