@@ -427,9 +427,41 @@ async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_r
     let env = VolumeEnv::s3(&services().s3_endpoint, &bucket.name, 1).await;
     let src = env.ws.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..20 {
-        std::fs::write(src.join(format!("f{i}")), vec![i as u8; 200_000]).unwrap();
+    // Incompressible, so a run lasts long enough (a few hundred ms against
+    // the S3 server) for the kill to land inside it.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..6 {
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
     }
+    // And new bytes every 200 ms (written beside and renamed, so a run reads
+    // a whole file): every run has a megabyte to store, not a no-op.
+    let churn_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, src, aside) = (churn_stop.clone(), src.clone(), env.ws.path("next"));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let data: Vec<u8> = (0..1 << 20)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                std::fs::write(&aside, data).unwrap();
+                std::fs::rename(&aside, src.join("f0")).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     // Every minute, on a clock sixty times as fast: a slot a second. A slot
     // may start up to ten (real) seconds late: the failover's slots run
     // late (or are skipped for the run that is still going), never missed.
@@ -557,6 +589,8 @@ async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_r
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    churn_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
     for s in &servers {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &s.child.id().to_string()])

@@ -103,6 +103,30 @@ impl SourceSpec {
             SourceSpec::Volume { .. } => "volume",
         }
     }
+
+    /// A resources source's scope, as `drctl backup resources` builds it
+    /// from its flags; `None` for the other sources.
+    pub fn scope(&self) -> Result<Option<crate::resources::scope::Scope>> {
+        let SourceSpec::Resources {
+            include_namespaces,
+            exclude_namespaces,
+            include_resources,
+            exclude_resources,
+            selector,
+        } = self
+        else {
+            return Ok(None);
+        };
+        crate::resources::scope::Scope::new(&crate::resources::scope::ScopeFlags {
+            include_namespaces: include_namespaces.clone(),
+            exclude_namespaces: exclude_namespaces.clone(),
+            include_resources: include_resources.clone(),
+            exclude_resources: exclude_resources.clone(),
+            selector: selector.clone(),
+            cluster_resources: None,
+        })
+        .map(Some)
+    }
 }
 
 impl ScheduleSpec {
@@ -121,24 +145,9 @@ impl ScheduleSpec {
         }
         let cron = Cron::parse(&self.cron, &self.time_zone)
             .map_err(|e| e.context(format!("schedule {:?}", self.name)))?;
-        if let SourceSpec::Resources {
-            include_namespaces,
-            exclude_namespaces,
-            include_resources,
-            exclude_resources,
-            selector,
-        } = &self.source
-        {
-            crate::resources::scope::Scope::new(&crate::resources::scope::ScopeFlags {
-                include_namespaces: include_namespaces.clone(),
-                exclude_namespaces: exclude_namespaces.clone(),
-                include_resources: include_resources.clone(),
-                exclude_resources: exclude_resources.clone(),
-                selector: selector.clone(),
-                cluster_resources: None,
-            })
+        self.source
+            .scope()
             .map_err(|e| e.context(format!("schedule {:?}", self.name)))?;
-        }
         Ok(cron)
     }
 

@@ -240,22 +240,11 @@ async fn backup(shared: &Shared, spec: &ScheduleSpec) -> Result<Outcome> {
                 .await?;
             (s.backup_id, s.status.clone(), serde_json::to_value(&s))
         }
-        SourceSpec::Resources {
-            include_namespaces,
-            exclude_namespaces,
-            include_resources,
-            exclude_resources,
-            selector,
-        } => {
-            let scope =
-                crate::resources::scope::Scope::new(&crate::resources::scope::ScopeFlags {
-                    include_namespaces: include_namespaces.clone(),
-                    exclude_namespaces: exclude_namespaces.clone(),
-                    include_resources: include_resources.clone(),
-                    exclude_resources: exclude_resources.clone(),
-                    selector: selector.clone(),
-                    cluster_resources: None,
-                })?;
+        SourceSpec::Resources { .. } => {
+            let scope = spec
+                .source
+                .scope()?
+                .expect("a resources source has a scope");
             let cluster = crate::cluster::Cluster::connect(&crate::cluster::ConnectOptions {
                 kubeconfig: config.kubernetes.kubeconfig.clone(),
                 context: None,
