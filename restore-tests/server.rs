@@ -261,6 +261,11 @@ async fn the_server_backs_up_on_schedule_keeps_what_retention_says_and_answers_b
         !kept.contains(&first_backup),
         "the oldest run expired: {kept:?}"
     );
+    let (status, body) = server.call("GET", "/api/v1/backups?name=vol", Some("viewer-token"));
+    assert_eq!(status, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cli = env.json(&["backup", "list", "--name", "vol"]);
+    assert_eq!(api, cli, "the API's backups are `backup list -o json`");
     let plan = env.json(&["retention", "plan", "vol"]);
     let plan_kept: Vec<&str> = plan
         .as_array()

@@ -10,7 +10,8 @@ mod config;
 mod dev;
 mod gc;
 mod key;
-mod listing;
+// The API returns the listing `backup list -o json` prints.
+pub(crate) mod listing;
 mod output;
 mod progress;
 mod repo;

@@ -330,7 +330,10 @@ async fn backups(State(shared): S, headers: HeaderMap, Query(q): Query<BackupsQu
         latest: None,
     };
     match shared.catalog.list_backups(shared.repo_id, &filter).await {
-        Ok(v) => json(StatusCode::OK, &v),
+        Ok(rows) => {
+            let listed: Vec<crate::cli::listing::Listed> = rows.iter().map(Into::into).collect();
+            json(StatusCode::OK, &listed)
+        }
         Err(e) => error(&e),
     }
 }
