@@ -248,7 +248,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// What every command may need from the global flags.
-struct Context {
+pub(crate) struct Context {
     config_path: Option<PathBuf>,
     identity: Option<PathBuf>,
 }
