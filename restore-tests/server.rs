@@ -960,3 +960,19 @@ async fn sighup_reloads_the_schedules_a_bad_file_changes_nothing_and_gc_runs_on_
     let kept = env.json(&["backup", "list", "--name", "first"]);
     assert_eq!(kept.as_array().unwrap().len(), 1, "{kept}");
 }
+
+#[tokio::test]
+async fn the_server_refuses_the_age_identity() {
+    let env = VolumeEnv::new().await;
+    let (out, stdout, stderr) = harness::run(
+        env.cmd(&["server", "--listen", "127.0.0.1:0"])
+            .arg("--identity")
+            .arg(&env.identity),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("backups never load the identity"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("listening"), "it did not start: {stdout}");
+}

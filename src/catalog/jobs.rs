@@ -592,6 +592,39 @@ impl Catalog {
         Ok(rows.iter().map(job_row).collect())
     }
 
+    /// Per schedule, its newest backup run and when its newest successful
+    /// one finished, in one query (`schedule list` over many schedules).
+    pub async fn latest_runs(
+        &self,
+        repo: Uuid,
+    ) -> Result<std::collections::HashMap<String, (JobRow, Option<DateTime<Utc>>)>> {
+        let rows = sqlx::query(concat!(
+            "SELECT DISTINCT ON (schedule) ",
+            job_columns!(),
+            ", (SELECT max(finished_at) FROM jobs s WHERE s.repository_id = j.repository_id \
+               AND s.schedule = j.schedule AND s.kind = 'backup' AND s.state = 'succeeded') \
+               AS last_success \
+             FROM jobs j WHERE repository_id = $1 AND kind = 'backup' AND schedule IS NOT NULL \
+             ORDER BY schedule, scheduled_for DESC, queued_at DESC"
+        ))
+        .bind(repo)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let job = job_row(r);
+                let last_success: Option<DateTime<Utc>> = r.get("last_success");
+                (
+                    job.schedule.clone().unwrap_or_default(),
+                    (job, last_success),
+                )
+            })
+            .collect())
+    }
+
     /// The newest jobs of one kind (gc's schedule reads its last run).
     pub async fn jobs_of_kind(&self, repo: Uuid, kind: &str, limit: i64) -> Result<Vec<JobRow>> {
         let rows = sqlx::query(concat!(

@@ -47,8 +47,12 @@ pub struct ScheduleDetail {
     pub runs: Vec<JobRow>,
 }
 
-fn view(row: &ScheduleRow, jobs: &[JobRow], now: DateTime<Utc>) -> ScheduleView {
-    let backups: Vec<&JobRow> = jobs.iter().filter(|j| j.kind == "backup").collect();
+fn view(
+    row: &ScheduleRow,
+    last: Option<&JobRow>,
+    last_success: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> ScheduleView {
     let paused = row.paused;
     ScheduleView {
         name: row.name.clone(),
@@ -63,35 +67,39 @@ fn view(row: &ScheduleRow, jobs: &[JobRow], now: DateTime<Utc>) -> ScheduleView 
             row.spec.validate().ok().and_then(|c| c.next_after(now))
         },
         last_slot: row.last_slot,
-        last_run: backups.first().map(|j| RunBrief {
+        last_run: last.map(|j| RunBrief {
             job: j.id,
             state: j.state.clone(),
             scheduled_for: j.scheduled_for,
             reason: j.reason.clone(),
         }),
-        last_success: backups
-            .iter()
-            .find(|j| j.state == "succeeded")
-            .and_then(|j| j.finished_at),
+        last_success,
         rpo_seconds: row.spec.rpo_seconds,
     }
 }
 
+/// Every schedule, with two queries however many there are.
 pub async fn schedules(catalog: &Catalog, repo: Uuid) -> Result<Vec<ScheduleView>> {
     let now = Utc::now();
-    let mut out = Vec::new();
-    for row in catalog.schedules(repo, false).await? {
-        let jobs = catalog.jobs(repo, Some(&row.name), 50).await?;
-        out.push(view(&row, &jobs, now));
-    }
-    Ok(out)
+    let runs = catalog.latest_runs(repo).await?;
+    Ok(catalog
+        .schedules(repo, false)
+        .await?
+        .iter()
+        .map(|row| {
+            let run = runs.get(&row.name);
+            view(row, run.map(|r| &r.0), run.and_then(|r| r.1), now)
+        })
+        .collect())
 }
 
 pub async fn describe(catalog: &Catalog, repo: Uuid, name: &str) -> Result<ScheduleDetail> {
     let row = catalog.schedule(repo, name).await?;
     let runs = catalog.jobs(repo, Some(name), 20).await?;
+    let latest = catalog.latest_runs(repo).await?;
+    let run = latest.get(name);
     Ok(ScheduleDetail {
-        view: view(&row, &runs, Utc::now()),
+        view: view(&row, run.map(|r| &r.0), run.and_then(|r| r.1), Utc::now()),
         spec: row.spec.clone(),
         runs,
     })
