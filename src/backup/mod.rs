@@ -40,6 +40,25 @@ pub struct Writer {
     pub retain_until: Option<DateTime<Utc>>,
 }
 
+impl Writer {
+    /// A writer at the configuration's zstd level (drctl's default when
+    /// unset).
+    pub fn new(
+        repo: Arc<Repository>,
+        config: &crate::config::Config,
+        retain_until: Option<DateTime<Utc>>,
+    ) -> Writer {
+        Writer {
+            repo,
+            zstd_level: config
+                .repository
+                .zstd_level
+                .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
+            retain_until,
+        }
+    }
+}
+
 /// Runs `body` for backup `id`, marking the backup failed when it fails.
 async fn or_fail<T>(
     catalog: &Catalog,

@@ -285,14 +285,11 @@ fn writer(
     identity: Option<&std::path::Path>,
     given: Option<chrono::Duration>,
 ) -> Result<crate::backup::Writer> {
-    Ok(crate::backup::Writer {
-        repo: Arc::new(super::open_repo(config, identity, true)?),
-        zstd_level: config
-            .repository
-            .zstd_level
-            .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
-        retain_until: retention(config, given),
-    })
+    Ok(crate::backup::Writer::new(
+        Arc::new(super::open_repo(config, identity, true)?),
+        config,
+        retention(config, given),
+    ))
 }
 
 /// When a backup's objects may go: `--retention` from now, or the bucket's

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use clap::Subcommand;
 
 use super::{Context, Out};
-use crate::catalog::{Catalog, MigrationState};
+use crate::catalog::MigrationState;
 use crate::config::Loaded;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rebuild::{Report, Step};
@@ -27,11 +27,7 @@ impl CatalogCommand {
         let loaded = ctx.load_config()?;
         match self {
             CatalogCommand::Migrate => {
-                let catalog = Catalog::connect_with_timeout(
-                    loaded.config.catalog.url()?,
-                    loaded.config.catalog.timeout_seconds,
-                )
-                .await?;
+                let catalog = Context::connect_catalog(&loaded).await?;
                 let applied = catalog.migrate().await?;
                 out.emit(&serde_json::json!({ "applied": applied }), || {
                     if applied.is_empty() {
@@ -45,11 +41,7 @@ impl CatalogCommand {
                 });
             }
             CatalogCommand::Status => {
-                let catalog = Catalog::connect_with_timeout(
-                    loaded.config.catalog.url()?,
-                    loaded.config.catalog.timeout_seconds,
-                )
-                .await?;
+                let catalog = Context::connect_catalog(&loaded).await?;
                 let states = catalog.status().await?;
                 let pending = states.iter().filter(|m| !m.applied).count();
                 out.emit(

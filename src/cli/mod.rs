@@ -268,14 +268,21 @@ impl Context {
         Ok(loaded)
     }
 
+    /// The catalog, its schema checked to be current.
     async fn catalog(&self, loaded: &Loaded) -> Result<Catalog> {
-        let catalog = Catalog::connect_with_timeout(
+        let catalog = Self::connect_catalog(loaded).await?;
+        catalog.require_current().await?;
+        Ok(catalog)
+    }
+
+    /// The catalog whatever its schema: for the commands that migrate it
+    /// (`catalog migrate`, `server`) or report on it (`catalog status`).
+    async fn connect_catalog(loaded: &Loaded) -> Result<Catalog> {
+        Catalog::connect_with_timeout(
             loaded.config.catalog.url()?,
             loaded.config.catalog.timeout_seconds,
         )
-        .await?;
-        catalog.require_current().await?;
-        Ok(catalog)
+        .await
     }
 }
 

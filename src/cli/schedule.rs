@@ -4,7 +4,6 @@ use chrono::Utc;
 use clap::{Args, Subcommand};
 
 use super::{Context, Out};
-use crate::catalog::Catalog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::views;
 
@@ -23,11 +22,7 @@ impl ServerArgs {
             loaded.config.server.listen = listen;
         }
         // The server applies pending migrations itself: no require_current.
-        let catalog = Catalog::connect_with_timeout(
-            loaded.config.catalog.url()?,
-            loaded.config.catalog.timeout_seconds,
-        )
-        .await?;
+        let catalog = Context::connect_catalog(&loaded).await?;
         let config = loaded.config.clone();
         // A writer: `--identity` is refused, encryption.identity_file ignored.
         let identity = ctx.identity.clone();

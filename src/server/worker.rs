@@ -210,14 +210,8 @@ fn lock_until(config: &crate::config::Config, spec: &ScheduleSpec) -> Option<Dat
 
 async fn backup(shared: &Shared, spec: &ScheduleSpec) -> Result<Outcome> {
     let config = shared.config();
-    let writer = crate::backup::Writer {
-        repo: shared.repo.clone(),
-        zstd_level: config
-            .repository
-            .zstd_level
-            .unwrap_or(crate::repo::DEFAULT_ZSTD_LEVEL),
-        retain_until: lock_until(&config, spec),
-    };
+    let writer =
+        crate::backup::Writer::new(shared.repo.clone(), &config, lock_until(&config, spec));
     let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
     let (id, status, result) = match &spec.source {
         SourceSpec::Volume { path } => {
