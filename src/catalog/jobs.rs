@@ -203,12 +203,35 @@ impl Catalog {
 
     /// The schedules (removed ones too when `all`), by name.
     pub async fn schedules(&self, repo: Uuid, all: bool) -> Result<Vec<ScheduleRow>> {
+        self.schedule_rows(repo, all, None).await
+    }
+
+    /// One schedule that is not removed; a worker reads its spec per job.
+    pub async fn schedule(&self, repo: Uuid, name: &str) -> Result<ScheduleRow> {
+        self.schedule_rows(repo, false, Some(name))
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("no schedule named {name}"))
+                    .with_guidance("`drctl schedule list` shows the schedules the server loaded")
+            })
+    }
+
+    /// Schedule rows, all of them or the one `name`.
+    async fn schedule_rows(
+        &self,
+        repo: Uuid,
+        all: bool,
+        name: Option<&str>,
+    ) -> Result<Vec<ScheduleRow>> {
         let rows = sqlx::query(
             "SELECT name, spec, paused_by, last_slot, removed_at FROM schedules \
-             WHERE repository_id = $1 AND ($2 OR removed_at IS NULL) ORDER BY name",
+             WHERE repository_id = $1 AND ($2 OR removed_at IS NULL) \
+               AND ($3::text IS NULL OR name = $3) ORDER BY name",
         )
         .bind(repo)
         .bind(all)
+        .bind(name)
         .fetch_all(self.pool())
         .bounded()
         .await
@@ -234,17 +257,6 @@ impl Catalog {
                 })
             })
             .collect()
-    }
-
-    pub async fn schedule(&self, repo: Uuid, name: &str) -> Result<ScheduleRow> {
-        self.schedules(repo, false)
-            .await?
-            .into_iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, format!("no schedule named {name}"))
-                    .with_guidance("`drctl schedule list` shows the schedules the server loaded")
-            })
     }
 
     /// `drctl schedule pause`: kept until `resume`, across reloads.
@@ -592,11 +604,12 @@ impl Catalog {
         Ok(rows.iter().map(job_row).collect())
     }
 
-    /// Per schedule, its newest backup run and when its newest successful
-    /// one finished, in one query (`schedule list` over many schedules).
+    /// Per schedule (every one, or `schedule`), its newest backup run and
+    /// when its newest successful one finished, in one query.
     pub async fn latest_runs(
         &self,
         repo: Uuid,
+        schedule: Option<&str>,
     ) -> Result<std::collections::HashMap<String, (JobRow, Option<DateTime<Utc>>)>> {
         let rows = sqlx::query(concat!(
             "SELECT DISTINCT ON (schedule) ",
@@ -605,9 +618,11 @@ impl Catalog {
                AND s.schedule = j.schedule AND s.kind = 'backup' AND s.state = 'succeeded') \
                AS last_success \
              FROM jobs j WHERE repository_id = $1 AND kind = 'backup' AND schedule IS NOT NULL \
+               AND ($2::text IS NULL OR schedule = $2) \
              ORDER BY schedule, scheduled_for DESC, queued_at DESC"
         ))
         .bind(repo)
+        .bind(schedule)
         .fetch_all(self.pool())
         .bounded()
         .await

@@ -312,6 +312,22 @@ async fn lead(shared: Arc<Shared>, stop: CancellationToken) {
 /// an idle server's CPU.
 type Crons = std::collections::HashMap<(String, String), schedule::Cron>;
 
+/// The parsed `expr` in `zone` from `crons`, parsed (and kept) on first use.
+fn cached(
+    crons: &mut Crons,
+    expr: &str,
+    zone: &str,
+    parse: impl FnOnce() -> Result<schedule::Cron>,
+) -> Result<schedule::Cron> {
+    let key = (expr.to_string(), zone.to_string());
+    if let Some(c) = crons.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = parse()?;
+    crons.insert(key, c.clone());
+    Ok(c)
+}
+
 /// One scheduler tick. `gauges`: also refresh every schedule's gauges
 /// (next run, interval, paused), which the leader does every few seconds.
 async fn lead_once(shared: &Shared, lease: Lease, crons: &mut Crons, gauges: bool) -> Result<()> {
@@ -328,19 +344,15 @@ async fn lead_once(shared: &Shared, lease: Lease, crons: &mut Crons, gauges: boo
     // asked about (one query) and recorded (one transaction).
     let mut due = Vec::new();
     for row in rows {
-        let key = (row.spec.cron.clone(), row.spec.time_zone.clone());
-        let cron = match crons.get(&key) {
-            Some(c) => c.clone(),
-            None => match row.spec.validate() {
-                Ok(c) => {
-                    crons.insert(key, c.clone());
-                    c
-                }
-                Err(e) => {
-                    tracing::error!(schedule = %row.name, error = %e.report(), "schedule skipped");
-                    continue;
-                }
-            },
+        let parsed = cached(crons, &row.spec.cron, &row.spec.time_zone, || {
+            row.spec.validate()
+        });
+        let cron = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(schedule = %row.name, error = %e.report(), "schedule skipped");
+                continue;
+            }
         };
         let cursor = Cursor {
             last_slot: row.last_slot,
@@ -392,8 +404,9 @@ async fn lead_once(shared: &Shared, lease: Lease, crons: &mut Crons, gauges: boo
             )
             .await?;
     }
-    if let Some(gc) = shared.config().server.gc_cron.as_deref() {
-        worker::enqueue_gc_if_due(shared, gc, now).await?;
+    if let Some(gc) = shared.config().server.gc_cron.clone() {
+        let cron = cached(crons, &gc, "UTC", || schedule::Cron::parse(&gc, "UTC"))?;
+        worker::enqueue_gc_if_due(shared, &cron, now).await?;
     }
     Ok(())
 }

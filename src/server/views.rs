@@ -81,7 +81,7 @@ fn view(
 /// Every schedule, with two queries however many there are.
 pub async fn schedules(catalog: &Catalog, repo: Uuid) -> Result<Vec<ScheduleView>> {
     let now = Utc::now();
-    let runs = catalog.latest_runs(repo).await?;
+    let runs = catalog.latest_runs(repo, None).await?;
     Ok(catalog
         .schedules(repo, false)
         .await?
@@ -96,7 +96,7 @@ pub async fn schedules(catalog: &Catalog, repo: Uuid) -> Result<Vec<ScheduleView
 pub async fn describe(catalog: &Catalog, repo: Uuid, name: &str) -> Result<ScheduleDetail> {
     let row = catalog.schedule(repo, name).await?;
     let runs = catalog.jobs(repo, Some(name), 20).await?;
-    let latest = catalog.latest_runs(repo).await?;
+    let latest = catalog.latest_runs(repo, Some(name)).await?;
     let run = latest.get(name);
     Ok(ScheduleDetail {
         view: view(&row, run.map(|r| &r.0), run.and_then(|r| r.1), Utc::now()),

@@ -280,11 +280,11 @@ pub async fn apply_retention(
 ) -> Result<Vec<crate::retention::Verdict>> {
     let (rows, plan) = plan_retention(&shared.catalog, shared.repo_id, spec, now).await?;
     let config = shared.config();
+    // A schedule can have thousands of backups: find each by id, not by scan.
+    let by_id: std::collections::HashMap<Uuid, &crate::catalog::BackupRow> =
+        rows.iter().map(|r| (r.id, r)).collect();
     for v in &plan {
-        let row = rows
-            .iter()
-            .find(|r| r.id == v.backup_id)
-            .expect("planned from rows");
+        let row = by_id[&v.backup_id];
         if !v.keep {
             shared
                 .catalog
@@ -370,8 +370,11 @@ pub async fn plan_retention(
 
 /// Enqueues a gc job when the `server.gc_cron` slot since the last gc job
 /// has come.
-pub async fn enqueue_gc_if_due(shared: &Shared, expr: &str, now: DateTime<Utc>) -> Result<()> {
-    let cron = crate::schedule::Cron::parse(expr, "UTC")?;
+pub async fn enqueue_gc_if_due(
+    shared: &Shared,
+    cron: &crate::schedule::Cron,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let last = shared
         .catalog
         .jobs_of_kind(shared.repo_id, "gc", 1)
