@@ -523,17 +523,19 @@ impl OpenPack {
         let entry = found
             .map(|i| &chunks[i])
             .filter(|e| e.id == loc.id && e.length == loc.length && e.raw_length == loc.raw_length)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "pack {} does not hold chunk {} where the manifest says",
-                        self.key,
-                        loc.id.to_hex()
-                    ),
-                )
-            })?;
+            .ok_or_else(|| self.not_where_the_manifest_says(loc))?;
         self.chunk(entry, secret, zstd)
+    }
+
+    fn not_where_the_manifest_says(&self, loc: &super::manifest::ChunkLocation) -> Error {
+        Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "pack {} does not hold chunk {} where the manifest says",
+                self.key,
+                loc.id.to_hex()
+            ),
+        )
     }
 
     /// [`OpenPack::chunk_at`] with only the index's keys read: the blob
@@ -547,16 +549,7 @@ impl OpenPack {
         secret: &RepoSecret,
         zstd: &mut zstd::bulk::Decompressor<'_>,
     ) -> Result<Vec<u8>> {
-        let not_there = || {
-            Error::new(
-                ErrorKind::Integrity,
-                format!(
-                    "pack {} does not hold chunk {} where the manifest says",
-                    self.key,
-                    loc.id.to_hex()
-                ),
-            )
-        };
+        let not_there = || self.not_where_the_manifest_says(loc);
         let end = loc.offset as usize + loc.length as usize;
         if end > self.data_end {
             return Err(not_there());
