@@ -69,23 +69,40 @@ impl Server {
         .unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).expect("read the answer");
-        let status: u16 = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
-        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        // Small bodies come in one chunk or none; undo the framing.
-        let body = if raw
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, body)
+        answer(&raw)
     }
+}
+
+/// The status and body of a whole HTTP/1.1 answer.
+fn answer(raw: &str) -> (u16, String) {
+    let status: u16 = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Small bodies come in one chunk or none; undo the framing.
+    let body = if raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+/// `n` incompressible bytes from a xorshift generator at `seed`.
+fn random_bytes(seed: &mut u64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -436,14 +453,7 @@ async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_r
     // the S3 server) for the kill to land inside it.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for i in 0..6 {
-        let data: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let data = random_bytes(&mut seed, 1 << 20);
         std::fs::write(src.join(format!("f{i}")), data).unwrap();
     }
     // And new bytes every 200 ms (written beside and renamed, so a run reads
@@ -453,14 +463,7 @@ async fn three_servers_one_leader_a_killed_leader_mid_backup_loses_no_slot_and_r
         let (stop, src, aside) = (churn_stop.clone(), src.clone(), env.ws.path("next"));
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let data: Vec<u8> = (0..1 << 20)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect();
+                let data = random_bytes(&mut seed, 1 << 20);
                 std::fs::write(&aside, data).unwrap();
                 std::fs::rename(&aside, src.join("f0")).unwrap();
                 std::thread::sleep(Duration::from_millis(200));
@@ -685,14 +688,7 @@ async fn sigterm_during_a_backup_exits_within_the_deadline_and_marks_the_run() {
     // Incompressible and large enough that the backup outlasts the deadline.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..6 {
-        let data: Vec<u8> = (0..32 << 20)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let data = random_bytes(&mut seed, 32 << 20);
         std::fs::write(src.join(format!("big{i}")), data).unwrap();
     }
     let mut config = std::fs::read_to_string(&env.config).unwrap();
@@ -787,14 +783,7 @@ fn https_get(addr: &str, path: &str, ca: &std::path::Path) -> (u16, String) {
         // A peer that closes without close_notify: what was read stands.
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
     }
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
+    answer(&String::from_utf8_lossy(&raw))
 }
 
 #[tokio::test(flavor = "multi_thread")]
