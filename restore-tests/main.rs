@@ -8,6 +8,7 @@ mod apiserver;
 mod bucket_writer;
 mod catalog;
 mod cli;
+mod drill;
 mod etcd;
 mod fault_proxy;
 mod incident;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{self, VolumeEnv, services};
 
 /// A running `drctl server`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     addr: String,
 }
@@ -29,7 +29,7 @@ impl Server {
     }
 
     /// A server logging to `log` in the workspace, with `vars` set.
-    fn start_with(env: &VolumeEnv, log: &str, vars: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with(env: &VolumeEnv, log: &str, vars: &[(&str, &str)]) -> Server {
         let log = env.ws.path(log);
         let mut child = env
             .cmd(&["server", "--listen", "127.0.0.1:0"])
@@ -57,7 +57,7 @@ impl Server {
     }
 
     /// One HTTP/1.1 request; returns the status and the body.
-    fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    pub(crate) fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).expect("connect to the server");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -155,6 +155,16 @@ fn succeeded(env: &VolumeEnv, schedule: &str) -> Vec<serde_json::Value> {
         .filter(|r| r["kind"] == "backup" && r["state"] == "succeeded")
         .cloned()
         .collect()
+}
+
+/// The samples of one `/metrics` of a server started for it on `env`.
+pub(crate) fn scrape_once(env: &VolumeEnv) -> Vec<prometheus_parse::Sample> {
+    let server = Server::start_with(env, "scrape.log", &[]);
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("a Prometheus text scrape")
+        .samples
 }
 
 fn metric(families: &prometheus_parse::Scrape, name: &str, schedule: Option<&str>) -> Option<f64> {

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod drill;
 pub mod error;
 pub mod gc;
 pub mod keys;

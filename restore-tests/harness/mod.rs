@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod fault_proxy;
 pub mod flip_proxy;
+pub mod open_watch;
 mod services;
 pub mod tcp_stall;
 

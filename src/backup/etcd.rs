@@ -164,6 +164,16 @@ async fn run(
         ),
         Err(e) => return Err(e),
     };
+    // Per resource type, for drills; a compaction that hid the revision
+    // hides these too.
+    let resource_counts = match (
+        &unrecorded,
+        member.count_by_type(facts.revision, "/registry/").await,
+    ) {
+        (None, Ok(c)) => Some(c),
+        (_, Err(e)) if !e.what().contains("compacted") => return Err(e),
+        _ => None,
+    };
     if let Some(why) = &unrecorded {
         tracing::warn!(backup = %id, reason = %why, "key count and HashKV not recorded; drills check the revision only");
     }
@@ -186,6 +196,7 @@ async fn run(
         key_count,
         hash_kv,
         db_size: streamed.db_size,
+        resource_counts,
     };
     let entry = Entry {
         path: SNAPSHOT_ENTRY.into(),

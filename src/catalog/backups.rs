@@ -27,13 +27,16 @@ pub struct BackupRow {
     pub error: Option<String>,
     /// A volume backup's top tree (hex), from which the next one starts.
     pub tree: Option<String>,
+    /// When a drill last restored it and every check passed, and which.
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verified_by: Option<Uuid>,
 }
 
 /// The columns of [`BackupRow`], as a literal so queries stay static strings.
 macro_rules! columns {
     () => {
         "id, repository_id, kind, name, status, parent_id, started_at, finished_at, \
-         manifest_key, retain_until, stats, error, tree"
+         manifest_key, retain_until, stats, error, tree, verified_at, verified_by"
     };
 }
 

@@ -33,6 +33,7 @@ macro_rules! held_by_live_backup {
 }
 
 mod backups;
+mod drills;
 mod gc;
 mod jobs;
 pub mod rebuild;
@@ -48,6 +49,7 @@ use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
+pub use drills::DrillRunRow;
 pub use jobs::{Claim, JobRow, Lease, ScheduleRow, Tick};
 
 /// The longest one catalog call may take, in seconds

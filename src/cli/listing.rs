@@ -68,6 +68,10 @@ pub(crate) struct Listed {
     pub manifest_key: Option<String>,
     /// Everything the run recorded (`null` from the bucket).
     pub stats: serde_json::Value,
+    /// When a drill last restored it with every check passed, and which
+    /// drill run (`drctl drill report ID`); `None` until one has.
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verified_by: Option<Uuid>,
 }
 
 impl From<&BackupRow> for Listed {
@@ -99,6 +103,8 @@ impl From<&BackupRow> for Listed {
             repository_id: Some(r.repository_id),
             manifest_key: r.manifest_key.clone(),
             stats: r.stats.clone(),
+            verified_at: r.verified_at,
+            verified_by: r.verified_by,
         }
     }
 }
@@ -185,6 +191,8 @@ fn from_bucket(ctx: &Context, loaded: &Loaded, args: &ListArgs) -> Result<Vec<Li
                 repository_id: Some(m.repository_id),
                 manifest_key: Some(crate::repo::manifest::manifest_key(id)),
                 stats: serde_json::Value::Null,
+                verified_at: None,
+                verified_by: None,
             });
         }
         out.sort_by_key(|l| l.started_at);
@@ -196,10 +204,10 @@ fn from_bucket(ctx: &Context, loaded: &Loaded, args: &ListArgs) -> Result<Vec<Li
     })
 }
 
-/// The table: fits 100 columns (SOURCE, with `--wide`, goes past).
+/// The table: VERIFIED is the day a drill last proved the backup.
 pub(crate) fn render_list(rows: &[Listed], wide: bool) -> String {
     let mut t = format!(
-        "{:<8}  {:<9}  {:<16}  {:<11}  {:<16}  {:>6}  {:>10}  {:<10}{}",
+        "{:<8}  {:<9}  {:<16}  {:<11}  {:<16}  {:>6}  {:>10}  {:<10}  {:<10}{}",
         "ID",
         "KIND",
         "NAME",
@@ -208,6 +216,7 @@ pub(crate) fn render_list(rows: &[Listed], wide: bool) -> String {
         "TOOK",
         "SIZE",
         "KEPT UNTIL",
+        "VERIFIED",
         if wide { "  SOURCE" } else { "" }
     )
     .trim_end()
@@ -215,7 +224,7 @@ pub(crate) fn render_list(rows: &[Listed], wide: bool) -> String {
     t.push('\n');
     for r in rows {
         let line = format!(
-            "{:<8}  {:<9}  {:<16}  {:<11}  {:<16}  {:>6}  {:>10}  {:<10}{}",
+            "{:<8}  {:<9}  {:<16}  {:<11}  {:<16}  {:>6}  {:>10}  {:<10}  {:<10}{}",
             r.short_id,
             r.kind,
             clip(&r.name, 16),
@@ -226,6 +235,9 @@ pub(crate) fn render_list(rows: &[Listed], wide: bool) -> String {
                 .map(super::progress::human)
                 .unwrap_or_else(|| "-".into()),
             r.retain_until
+                .map(|u| u.format("%Y-%m-%d").to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.verified_at
                 .map(|u| u.format("%Y-%m-%d").to_string())
                 .unwrap_or_else(|| "-".into()),
             if wide {

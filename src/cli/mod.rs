@@ -8,6 +8,7 @@ mod browse;
 mod catalog;
 mod config;
 mod dev;
+mod drill;
 mod gc;
 mod key;
 // The API returns the listing `backup list -o json` prints.
@@ -104,6 +105,12 @@ enum Command {
     /// What retention keeps and deletes, and why.
     #[command(subcommand)]
     Retention(schedule::RetentionCommand),
+    /// Restore drills: run one, list runs, print a report.
+    #[command(subcommand)]
+    Drill(drill::DrillCommand),
+    /// Work the drill jobs `drctl server` schedules (`--drills`): the one
+    /// long-running process that holds the age identity.
+    Worker(drill::WorkerArgs),
     /// Development tools: the stand-in Kubernetes API server.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -238,6 +245,8 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Server(cmd) => cmd.run(&ctx).await,
         Command::Schedule(cmd) => cmd.run(&ctx, out).await,
         Command::Retention(cmd) => cmd.run(&ctx, out).await,
+        Command::Drill(cmd) => cmd.run(&ctx, out).await,
+        Command::Worker(cmd) => cmd.run(&ctx).await,
         Command::Dev(cmd) => cmd.run(out).await,
     }
 }

@@ -9,6 +9,10 @@ use crate::error::Error;
 pub enum Format {
     Text,
     Json,
+    /// Markdown (`drill report`; other commands print text).
+    Md,
+    /// One self-contained HTML page (`drill report`; others print text).
+    Html,
 }
 
 pub(crate) struct Out {
@@ -35,8 +39,12 @@ impl Out {
                 "{}",
                 serde_json::to_string_pretty(value).expect("output values serialise")
             ),
-            Format::Text => print!("{}", text()),
+            Format::Text | Format::Md | Format::Html => print!("{}", text()),
         }
+    }
+
+    pub(crate) fn format(&self) -> Format {
+        self.format
     }
 
     pub(crate) fn error(&self, err: &Error) {

@@ -63,6 +63,10 @@ pub struct Config {
     /// What `drctl server` backs up, when, and for how long it keeps it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::ScheduleSpec>,
+    /// Restore drills: what `drctl worker --drills` restores and checks,
+    /// and when `drctl server` enqueues them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<crate::drill::DrillSpec>,
 }
 
 /// The `server:` section.
@@ -427,6 +431,10 @@ impl Config {
                 fix(path);
             }
         }
+        for d in &mut self.drills {
+            d.kubeconfig.iter_mut().for_each(fix);
+            d.scratch_dir.iter_mut().for_each(fix);
+        }
     }
 
     /// Checks values the types cannot: one backend, URL schemes, key formats,
@@ -549,6 +557,18 @@ impl Config {
                     s.name
                 ));
             }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.drills.iter().enumerate() {
+            let key = format!("drills[{i}]");
+            if !seen.insert(d.name.as_str()) {
+                return Err(ConfigError::new(
+                    &format!("{key}.name"),
+                    &format!("{:?} is used by two drills; names are unique", d.name),
+                ));
+            }
+            d.validate()
+                .map_err(|e| ConfigError::new(&key, &with_hint(&e)))?;
         }
         Ok(())
     }

@@ -156,6 +156,10 @@ pub struct EtcdSnapshot {
     pub hash_kv: Option<u32>,
     /// Size of the bbolt file, without the 32-byte trailer.
     pub db_size: u64,
+    /// Keys under `/registry/` at `revision` per resource type
+    /// (`<group|core>/<plural>`), for drills. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_counts: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 /// The name of an etcd backup's one entry.

@@ -490,17 +490,81 @@ pub fn verify(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport> {
     let info = snapshot_info(manifest)?.clone();
+    let scratch = Scratch::new()?;
+    let began = Instant::now();
+    let mut marks = Vec::new();
+    let mut restored = restore_and_start(repo, manifest, &scratch.0, progress, &mut |_| {
+        marks.push(Instant::now())
+    })?;
+    let (checks, version) = restored.compare(&info)?;
+    drop(restored);
+    let ok = checks.iter().all(|c| c.outcome != "mismatch");
+    let [written, restored_at, started] = marks[..] else {
+        unreachable!("three steps are marked")
+    };
+    Ok(VerifyReport {
+        backup_id: manifest.backup_id,
+        ok,
+        checks,
+        tool: Tool::find()?.name.into(),
+        etcd_version: version,
+        write_seconds: (written - began).as_secs_f64(),
+        restore_seconds: (restored_at - written).as_secs_f64(),
+        start_seconds: (started - restored_at).as_secs_f64(),
+        total_seconds: began.elapsed().as_secs_f64(),
+    })
+}
+
+/// The steps of [`restore_and_start`], told as each ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The snapshot file is read from the store, decrypted and checked.
+    Fetched,
+    /// etcd's restore tool has made the data directory.
+    Restored,
+    /// The throwaway etcd answers.
+    Started,
+}
+
+/// An etcd backup restored into a directory and served by a throwaway etcd
+/// on a Unix socket there (no port to collide with); stopped on drop.
+pub struct Restored {
+    etcd: Throwaway,
+}
+
+impl Restored {
+    /// Revision, key count and `HashKV` compared with the backup's record,
+    /// and the etcd version that answered.
+    pub fn compare(&mut self, info: &EtcdSnapshot) -> Result<(Vec<Check>, String)> {
+        let (revision, count, hash, version) = self.etcd.answers(info.revision)?;
+        Ok((compare(info, revision, count, hash), version))
+    }
+
+    /// A client of the throwaway etcd, on the caller's runtime.
+    pub fn client(&self) -> Result<etcd_client::Client> {
+        self.etcd.client()
+    }
+}
+
+/// Restores `manifest`'s snapshot into `dir` (which must exist, owner
+/// only) with etcd's restore tool and starts a throwaway etcd on it.
+/// `step` is told as each step ends, for timings.
+pub fn restore_and_start(
+    repo: &Repository,
+    manifest: &Manifest,
+    dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+    step: &mut dyn FnMut(Step),
+) -> Result<Restored> {
     let etcd = which("etcd").ok_or_else(|| {
         Error::new(ErrorKind::NotFound, "etcd is not on PATH").with_guidance(
             "--verify starts a throwaway etcd on loopback: install etcd (Debian: etcd-server)",
         )
     })?;
     let tool = Tool::find()?;
-    let scratch = Scratch::new()?;
-    let began = Instant::now();
-    let snapshot = scratch.0.join("snapshot.db");
+    let snapshot = dir.join("snapshot.db");
     write_snapshot(repo, manifest, &snapshot, false, progress)?;
-    let written = Instant::now();
+    step(Step::Fetched);
     // etcd names a Unix socket `unix://HOST:PORT` and creates it as the file
     // `HOST:PORT` in its working directory: the scratch directory.
     let (client_url, peer_url) = ("unix://localhost:2379", "unix://localhost:2380");
@@ -510,12 +574,12 @@ pub fn verify(
         initial_advertise_peer_urls: peer_url.into(),
         initial_cluster_token: format!("drctl-verify-{}", manifest.backup_id),
     };
-    let data = scratch.0.join("data");
+    let data = dir.join("data");
     tool.restore(&snapshot, &data, &flags)?;
-    let restored = Instant::now();
-    let log = scratch.0.join("etcd.log");
+    step(Step::Restored);
+    let log = dir.join("etcd.log");
     let mut cmd = Command::new(&etcd);
-    cmd.current_dir(&scratch.0)
+    cmd.current_dir(dir)
         .arg("--data-dir")
         .arg(&data)
         .args(flags.args())
@@ -530,25 +594,10 @@ pub fn verify(
             "--log-level",
             "warn",
         ]);
-    let socket = scratch.0.join("localhost:2379");
-    let mut running = Throwaway::start(cmd, &log, socket)?;
-    let started = Instant::now();
-    let answers = running.answers(info.revision);
-    drop(running);
-    let (revision, count, hash, version) = answers?;
-    let checks = compare(&info, revision, count, hash);
-    let ok = checks.iter().all(|c| c.outcome != "mismatch");
-    Ok(VerifyReport {
-        backup_id: manifest.backup_id,
-        ok,
-        checks,
-        tool: tool.name.into(),
-        etcd_version: version,
-        write_seconds: (written - began).as_secs_f64(),
-        restore_seconds: (restored - written).as_secs_f64(),
-        start_seconds: (started - restored).as_secs_f64(),
-        total_seconds: began.elapsed().as_secs_f64(),
-    })
+    let socket = dir.join("localhost:2379");
+    let running = Throwaway::start(cmd, &log, socket)?;
+    step(Step::Started);
+    Ok(Restored { etcd: running })
 }
 
 fn compare(info: &EtcdSnapshot, revision: i64, count: i64, hash: u32) -> Vec<Check> {

@@ -53,7 +53,7 @@ pub enum Target {
     Block { path: PathBuf, force: bool },
 }
 
-fn rel_path(e: &Entry) -> Result<PathBuf> {
+pub(crate) fn rel_path(e: &Entry) -> Result<PathBuf> {
     let bytes = unescape(&e.path).ok_or_else(|| bad_manifest(&e.path))?;
     let p = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
     if p.is_absolute()

@@ -215,6 +215,14 @@ async fn metrics(State(shared): S) -> Response {
         Ok((queued, running, oldest)) => shared.metrics.queue(queued, running, oldest),
         Err(e) => tracing::warn!(error = %e, "queue gauges not updated"),
     }
+    match shared
+        .catalog
+        .drill_runs_after(shared.repo_id, shared.metrics.drills_seen())
+        .await
+    {
+        Ok(runs) => shared.metrics.drills(&runs),
+        Err(e) => tracing::warn!(error = %e, "drill metrics not updated"),
+    }
     let _ = store_answers(&shared).await;
     (
         StatusCode::OK,

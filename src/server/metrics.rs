@@ -30,7 +30,20 @@ struct BuildLabels {
     repository_format: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabel {
+    pub drill: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillResult {
+    pub drill: String,
+    /// passed, partially_failed or failed.
+    pub result: String,
+}
+
 type PerSchedule<M> = Family<ScheduleLabel, M>;
+type PerDrill<M> = Family<DrillLabel, M>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn duration_histogram() -> Histogram {
@@ -62,6 +75,17 @@ pub struct Metrics {
     oldest_queued: FloatGauge,
     leader: Gauge,
     storage: Gauge,
+    drill_runs: Family<DrillResult, Counter>,
+    drill_last_success: PerDrill<FloatGauge>,
+    drill_last_status: PerDrill<Gauge>,
+    drill_rto: PerDrill<FloatGauge>,
+    drill_rpo: PerDrill<FloatGauge>,
+    drill_rto_objective: PerDrill<FloatGauge>,
+    drill_rpo_objective: PerDrill<FloatGauge>,
+    drill_checks_failed: PerDrill<Gauge>,
+    /// The newest drill run counted: runs are read from the catalog (a
+    /// drill worker records them), each counted once by this process.
+    drills_seen: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for Metrics {
@@ -96,8 +120,57 @@ impl Metrics {
             oldest_queued: Default::default(),
             leader: Default::default(),
             storage: Default::default(),
+            drill_runs: Default::default(),
+            drill_last_success: Default::default(),
+            drill_last_status: Default::default(),
+            drill_rto: Default::default(),
+            drill_rpo: Default::default(),
+            drill_rto_objective: Default::default(),
+            drill_rpo_objective: Default::default(),
+            drill_checks_failed: Default::default(),
+            drills_seen: Default::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "drill_runs",
+            "Drill runs recorded in the catalog, by verdict",
+            m.drill_runs.clone(),
+        );
+        r.register(
+            "drill_last_success_timestamp_seconds",
+            "Unix time the drill last passed",
+            m.drill_last_success.clone(),
+        );
+        r.register(
+            "drill_last_status",
+            "1 when the drill's last run passed, 0 when it did not",
+            m.drill_last_status.clone(),
+        );
+        r.register(
+            "drill_rto_seconds",
+            "Measured time to restore of the drill's last run",
+            m.drill_rto.clone(),
+        );
+        r.register(
+            "drill_rpo_seconds",
+            "Data age (drill start minus snapshot time) of the drill's last run",
+            m.drill_rpo.clone(),
+        );
+        r.register(
+            "drill_rto_objective_seconds",
+            "The drill's RTO objective",
+            m.drill_rto_objective.clone(),
+        );
+        r.register(
+            "drill_rpo_objective_seconds",
+            "The drill's RPO objective",
+            m.drill_rpo_objective.clone(),
+        );
+        r.register(
+            "drill_checks_failed",
+            "Checks that failed in the drill's last run",
+            m.drill_checks_failed.clone(),
+        );
         r.register(
             "backup_attempt",
             "Scheduled backup runs started",
@@ -298,6 +371,51 @@ impl Metrics {
 
     pub fn set_storage(&self, available: bool) {
         self.storage.set(i64::from(available));
+    }
+
+    /// The newest drill run counted so far.
+    pub fn drills_seen(&self) -> Option<DateTime<Utc>> {
+        *self.drills_seen.lock().unwrap()
+    }
+
+    /// Drill runs recorded since the last call, oldest first.
+    pub fn drills(&self, runs: &[crate::catalog::DrillRunRow]) {
+        let mut seen = self.drills_seen.lock().unwrap();
+        for r in runs {
+            if seen.is_some_and(|s| r.finished_at <= s) {
+                continue;
+            }
+            *seen = Some(r.finished_at);
+            let l = DrillLabel {
+                drill: r.drill.clone(),
+            };
+            self.drill_runs
+                .get_or_create(&DrillResult {
+                    drill: r.drill.clone(),
+                    result: r.verdict.clone(),
+                })
+                .inc();
+            let passed = r.verdict == "passed";
+            self.drill_last_status
+                .get_or_create(&l)
+                .set(i64::from(passed));
+            if passed {
+                self.drill_last_success
+                    .get_or_create(&l)
+                    .set(r.finished_at.timestamp() as f64);
+            }
+            self.drill_rto.get_or_create(&l).set(r.rto_seconds);
+            self.drill_rpo.get_or_create(&l).set(r.rpo_seconds);
+            if let Some(o) = r.rto_objective_seconds {
+                self.drill_rto_objective.get_or_create(&l).set(o);
+            }
+            if let Some(o) = r.rpo_objective_seconds {
+                self.drill_rpo_objective.get_or_create(&l).set(o);
+            }
+            self.drill_checks_failed
+                .get_or_create(&l)
+                .set(r.checks_failed);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -408,6 +408,48 @@ async fn lead_once(shared: &Shared, lease: Lease, crons: &mut Crons, gauges: boo
         let cron = cached(crons, &gc, "UTC", || schedule::Cron::parse(&gc, "UTC"))?;
         worker::enqueue_gc_if_due(shared, &cron, now).await?;
     }
+    enqueue_drills(shared, crons, now).await
+}
+
+/// Enqueues the newest due slot of each scheduled drill (older missed
+/// slots are not run: one drill of the newest backup proves as much), for
+/// `drctl worker --drills` to claim. Never one beside a drill of the same
+/// name still queued or running.
+async fn enqueue_drills(
+    shared: &Shared,
+    crons: &mut Crons,
+    now: chrono::DateTime<Utc>,
+) -> Result<()> {
+    let config = shared.config();
+    for d in config.drills.iter().filter(|d| !d.paused) {
+        let Some(expr) = &d.cron else { continue };
+        let cron = match cached(crons, expr, &d.time_zone, || {
+            d.validate()
+                .map(|c| c.expect("a drill with a cron parses to one"))
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(drill = %d.name, error = %e.report(), "drill not scheduled");
+                continue;
+            }
+        };
+        let last = shared
+            .catalog
+            .last_slot(shared.repo_id, "drill", &d.name)
+            .await?;
+        let due = match last {
+            Some(last) => cron.slots(last, now).last().copied(),
+            None => cron.latest_at_or_before(now, chrono::Duration::days(367)),
+        };
+        let Some(slot) = due else { continue };
+        if let Some(id) = shared
+            .catalog
+            .enqueue_slot(shared.repo_id, "drill", &d.name, slot, "schedule")
+            .await?
+        {
+            tracing::info!(drill = %d.name, job = %id, slot = %slot, "drill enqueued");
+        }
+    }
     Ok(())
 }
 

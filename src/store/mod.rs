@@ -12,6 +12,7 @@
 
 pub mod local;
 pub mod s3;
+pub mod timed;
 
 use std::ops::Range;
 

@@ -191,8 +191,19 @@ pub async fn start(opts: Options) -> Result<Running> {
                 format!("cannot connect to etcd at {}: {e}", opts.etcd.join(", ")),
             )
         })?;
+    serve(client, &opts.prefix, opts.listen, opts.kubeconfig).await
+}
+
+/// Starts the server over an etcd client made elsewhere (a drill's, over
+/// the throwaway etcd's Unix socket).
+pub async fn serve(
+    client: etcd_client::Client,
+    prefix: &str,
+    listen: SocketAddr,
+    kubeconfig: PathBuf,
+) -> Result<Running> {
     let state = Arc::new(State {
-        store: Store::new(client, &opts.prefix),
+        store: Store::new(client, prefix),
         builtins: resources::builtins(),
         custom: RwLock::new(Vec::new()),
     });
@@ -215,14 +226,14 @@ pub async fn start(opts: Options) -> Result<Running> {
             .await
             .map_err(unavailable)?;
     }
-    let listener = tokio::net::TcpListener::bind(opts.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::io(e, ErrorKind::Failed, format!("cannot bind {}", opts.listen)))?;
+        .map_err(|e| Error::io(e, ErrorKind::Failed, format!("cannot bind {listen}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(e, ErrorKind::Failed, "cannot read the bound address"))?;
     let url = format!("http://{addr}");
-    write_kubeconfig(&opts.kubeconfig, &url)?;
+    write_kubeconfig(&kubeconfig, &url)?;
     let app = Router::new().fallback(handlers::handle).with_state(state);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -230,7 +241,7 @@ pub async fn start(opts: Options) -> Result<Running> {
     Ok(Running {
         url,
         addr,
-        kubeconfig: opts.kubeconfig,
+        kubeconfig,
         task,
     })
 }

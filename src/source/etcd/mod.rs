@@ -230,6 +230,56 @@ impl Member {
         Ok((count, hash.hash(), hash.compact_version()))
     }
 
+    /// Keys under `prefix` at `revision`, counted per resource type: the
+    /// first two segments after the prefix (`apps/deployments` for
+    /// `/registry/apps/deployments/shop/web`, the stand-in API server's
+    /// layout). What a drill counts again through an API server on the
+    /// restored keyspace. Keys only, a page at a time.
+    pub async fn count_by_type(
+        &mut self,
+        revision: i64,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut from = prefix.as_bytes().to_vec();
+        let mut counts = std::collections::BTreeMap::new();
+        loop {
+            let page = self
+                .client
+                .get(
+                    from.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_revision(revision)
+                            .with_keys_only()
+                            .with_limit(10_000)
+                            .with_serializable(),
+                    ),
+                )
+                .await
+                .map_err(|e| self.failed("list its keys", e))?;
+            for kv in page.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                let rest = key.strip_prefix(prefix).unwrap_or(&key);
+                let mut parts = rest.splitn(3, '/');
+                if let (Some(a), Some(b), Some(_)) = (parts.next(), parts.next(), parts.next()) {
+                    *counts.entry(format!("{a}/{b}")).or_insert(0) += 1;
+                }
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(counts),
+            }
+        }
+    }
+
     fn failed(&self, what: &str, e: etcd_client::Error) -> Error {
         Error::new(
             ErrorKind::Unavailable,
