@@ -290,7 +290,15 @@ async fn a_drill_over_etcd_resources_and_postgres_passes_with_real_numbers() {
         assert_eq!(b["verified_by"], report["drill_id"], "{b:#}");
     }
     let table = s.env.ok(&["backup", "list"]);
-    assert!(table.contains("VERIFIED"), "{table}");
+    assert_eq!(table.matches(" verified ").count(), 3, "{table}");
+    let page = s.env.ok(&["backup", "describe", "pgdata@latest"]);
+    assert!(
+        page.contains(&format!(
+            "by drill {}",
+            report["drill_id"].as_str().unwrap()
+        )),
+        "{page}"
+    );
 
     // Cleanup: scratch namespaces and directories gone.
     assert_eq!(report["cleanup"]["result"], "removed", "{report:#}");
@@ -559,9 +567,29 @@ async fn an_rto_objective_below_the_drill_is_a_breach_and_the_metric_shows_it() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scheduled_drill_runs_in_the_worker_and_the_server_never_opens_the_identity() {
     // The configuration names the identity file, as one shared by every
-    // role would: the server must still never open it.
-    let extra = "    cron: \"0 4 * * *\"\n    time_zone: Europe/Berlin\n";
-    let s = Setup::new(&drills_yaml(extra)).await;
+    // role would: the server must still never open it. The drill runs
+    // daily, at a Berlin wall-clock minute twelve minutes from now.
+    use chrono::Timelike as _;
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let slot = (chrono::Utc::now() + chrono::Duration::minutes(12))
+        .with_timezone(&berlin)
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    let extra = format!(
+        "    cron: \"{} {} * * *\"\n    time_zone: Europe/Berlin\n    \
+         checks: [api_object_counts, object_digests, file_digests, probe]\n",
+        slot.minute(),
+        slot.hour()
+    );
+    let rfc = |t: chrono::DateTime<chrono_tz::Tz>| {
+        t.with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%S+00:00")
+            .to_string()
+    };
+    let (yesterday, today) = (rfc(slot - chrono::Duration::days(1)), rfc(slot));
+    let s = Setup::new(&drills_yaml(&extra)).await;
     s.back_up();
     let mut config = std::fs::read_to_string(&s.env.config).unwrap();
     config = config.replace(
@@ -574,24 +602,23 @@ async fn a_scheduled_drill_runs_in_the_worker_and_the_server_never_opens_the_ide
     std::fs::write(&s.env.config, config).unwrap();
 
     let watch = harness::open_watch::OpenWatch::new(&s.env.identity);
-    // The test clock: an hour before the 04:00 Berlin slot, 60x fast.
-    let base = chrono::DateTime::parse_from_rfc3339("2026-12-07T02:00:00Z")
-        .unwrap()
-        .timestamp();
-    let clock = format!("{base}:60");
+    // The test clock runs 60x from now: twelve minutes pass in twelve
+    // seconds. A new drill runs its latest slot at once (yesterday's),
+    // then the next on time.
+    let clock = format!("{}:60", chrono::Utc::now().timestamp());
     let server = crate::server::Server::start_with(
         &s.env,
         "server.log",
         &[("DRCTL_TEST_CLOCK", clock.as_str())],
     );
-    let job = wait_for(Duration::from_secs(120), || {
-        let jobs = sqlx_rows(&s.env, "SELECT state FROM jobs WHERE kind = 'drill'");
+    let first = wait_for(Duration::from_secs(60), || {
+        let jobs = drill_jobs(&s.env);
         (!jobs.is_empty()).then_some(jobs)
     });
     assert_eq!(
-        job,
-        vec!["queued".to_string()],
-        "the slot was enqueued once, for the worker"
+        first,
+        vec![(yesterday.clone(), "queued".to_string())],
+        "yesterday's slot, enqueued once, waiting for a worker"
     );
     assert_eq!(watch.opens(), 0, "drctl server opened the identity file");
 
@@ -602,23 +629,87 @@ async fn a_scheduled_drill_runs_in_the_worker_and_the_server_never_opens_the_ide
         .spawn()
         .expect("start drctl worker --drills");
     let _worker = Killed(worker);
-    let state = wait_for(Duration::from_secs(300), || {
-        let jobs = sqlx_rows(&s.env, "SELECT state FROM jobs WHERE kind = 'drill'");
-        jobs.first()
-            .filter(|s| *s != "queued" && *s != "running")
-            .cloned()
+    let done = wait_for(Duration::from_secs(300), || {
+        let jobs = drill_jobs(&s.env);
+        (jobs.len() == 2
+            && jobs
+                .iter()
+                .all(|(_, state)| state != "queued" && state != "running"))
+        .then_some(jobs)
     });
     let log = std::fs::read_to_string(s.env.ws.path("worker.log")).unwrap_or_default();
-    assert_eq!(state, "succeeded", "{log}");
+    assert_eq!(
+        done,
+        vec![
+            (yesterday, "succeeded".to_string()),
+            (today, "succeeded".to_string()),
+        ],
+        "{log}"
+    );
     assert!(
         watch.opens() > 0,
         "the watch saw no open: it proves nothing"
     );
     let runs = s.env.json(&["drill", "list"]);
-    assert_eq!(runs[0]["trigger"], "scheduled");
-    assert_eq!(runs[0]["verdict"], "passed");
-    assert_eq!(runs[0]["drill"], "nightly");
+    assert_eq!(runs.as_array().unwrap().len(), 2, "{runs:#}");
+    for r in runs.as_array().unwrap() {
+        assert_eq!(r["trigger"], "scheduled");
+        assert_eq!(r["verdict"], "passed");
+        assert_eq!(r["drill"], "nightly");
+    }
+    // Only the checks the drill chose ran; readiness is listed as skipped.
+    let report: Value = serde_json::from_str(&s.env.ok(&[
+        "drill",
+        "report",
+        runs[0]["id"].as_str().unwrap(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        check(&report, "resources", "readiness")["status"],
+        "skipped"
+    );
+    assert_eq!(check(&report, "volume", "probe")["status"], "passed");
+    assert!(report["job_id"].is_string(), "{report:#}");
+    // The server still never opened it, and says what the worker did.
+    drop(_worker);
+    let samples = {
+        let (status, text) = server.call("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap()
+            .samples
+    };
+    let last = samples
+        .iter()
+        .find(|m| m.metric == "drctl_drill_last_status" && m.labels.get("drill") == Some("nightly"))
+        .expect("drctl_drill_last_status{drill=\"nightly\"}");
+    assert!(
+        matches!(last.value, prometheus_parse::Value::Gauge(v) if v == 1.0),
+        "{last:?}"
+    );
+    let opens_by_worker = watch.opens();
     drop(server);
+    assert_eq!(
+        watch.opens(),
+        opens_by_worker,
+        "the identity was opened after the worker stopped"
+    );
+}
+
+/// The drill jobs' slots (RFC 3339, UTC) and states, oldest first.
+fn drill_jobs(env: &VolumeEnv) -> Vec<(String, String)> {
+    let slots = sqlx_rows(
+        env,
+        "SELECT to_char(scheduled_for AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"') \
+         FROM jobs WHERE kind = 'drill' ORDER BY scheduled_for",
+    );
+    let states = sqlx_rows(
+        env,
+        "SELECT state FROM jobs WHERE kind = 'drill' ORDER BY scheduled_for",
+    );
+    slots.into_iter().zip(states).collect()
 }
 
 struct Killed(std::process::Child);

@@ -33,7 +33,8 @@ pub(crate) enum DrillCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// A drill from the configuration's `drills:`.
+    /// A drill from the configuration's `drills:`, or a backup as
+    /// NAME@latest (or NAME@TIME).
     #[arg(conflicts_with_all = ["backup", "schedule"])]
     name: Option<String>,
     /// A backup to restore: its id, short id, or NAME@latest. Repeat for
@@ -112,7 +113,16 @@ impl DrillCommand {
 
 async fn run(ctx: &Context, loaded: &Loaded, out: &Out, args: RunArgs) -> Result<()> {
     let config = &loaded.config;
-    let spec = match &args.name {
+    // `drctl drill run shop@latest`: a backup, not a drill.
+    let mut backups = args.backup.clone();
+    let name = match &args.name {
+        Some(n) if n.contains('@') => {
+            backups.push(n.clone());
+            None
+        }
+        other => other.clone(),
+    };
+    let spec = match &name {
         Some(name) => config
             .drills
             .iter()
@@ -132,8 +142,7 @@ async fn run(ctx: &Context, loaded: &Loaded, out: &Out, args: RunArgs) -> Result
                 command: vec!["sh".into(), "-c".into(), p.clone()],
                 timeout_seconds: 600,
             });
-            let targets: Vec<TargetSpec> = args
-                .backup
+            let targets: Vec<TargetSpec> = backups
                 .iter()
                 .cloned()
                 .chain(args.schedule.iter().map(|s| format!("{s}@latest")))
@@ -219,9 +228,9 @@ fn summary(r: &drill::Report) -> String {
     }
     let p = &r.rto.phases;
     t.push_str(&format!(
-        "  RTO {} ({:?}): plan {}, fetch+decrypt {}, write {}, start {}, checks {}\n",
+        "  RTO {} ({}): plan {}, fetch+decrypt {}, write {}, start {}, checks {}\n",
         h(r.rto.seconds),
-        r.rto.result,
+        objective(r.rto.result, r.rto.objective_seconds),
         h(p.plan),
         h(p.fetch_decrypt),
         h(p.write),
@@ -229,9 +238,9 @@ fn summary(r: &drill::Report) -> String {
         h(p.checks)
     ));
     t.push_str(&format!(
-        "  RPO {} ({:?}){}\n",
+        "  RPO {} ({}){}\n",
         h(r.rpo.seconds),
-        r.rpo.result,
+        objective(r.rpo.result, r.rpo.objective_seconds),
         r.rpo
             .max_gap_30d_seconds
             .map(|g| format!("; largest gap over 30 days {}", h(g)))
@@ -251,7 +260,7 @@ fn summary(r: &drill::Report) -> String {
             "    {:<9} {:<18} {:<15} {}\n",
             c.source,
             c.name,
-            format!("{:?}", c.status).to_lowercase(),
+            status(c.status),
             c.summary
         ));
     }
@@ -265,6 +274,26 @@ fn summary(r: &drill::Report) -> String {
         r.drill_id
     ));
     t
+}
+
+fn objective(r: drill::report::Objective, o: Option<f64>) -> String {
+    use drill::report::Objective::*;
+    let o = o.map(drill::render::human_seconds).unwrap_or_default();
+    match r {
+        Pass => format!("objective {o}: pass"),
+        Breach => format!("objective {o}: BREACH"),
+        None => "no objective".into(),
+    }
+}
+
+fn status(s: drill::report::CheckStatus) -> &'static str {
+    use drill::report::CheckStatus::*;
+    match s {
+        Passed => "passed",
+        Failed => "FAILED",
+        NotObservable => "not observable",
+        Skipped => "skipped",
+    }
 }
 
 async fn report(ctx: &Context, loaded: &Loaded, out: &Out, args: ReportArgs) -> Result<()> {
@@ -350,7 +379,11 @@ impl WorkerArgs {
             timed,
             repo_id,
             config,
-            holder: format!("drill-worker-{}", std::process::id()),
+            holder: format!(
+                "drill-worker-{}-{}",
+                crate::server::hostname(),
+                std::process::id()
+            ),
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let signals = {

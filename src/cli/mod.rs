@@ -52,7 +52,8 @@ pub struct Cli {
     #[arg(long, global = true, env = ENV_CONFIG, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Output format: text for people, json for scripts. (`--format`, not
+    /// Output format: text for people, json for scripts; md and html for
+    /// `drill report` (other commands print text). (`--format`, not
     /// `--output`: `restore etcd --output FILE` names a file.)
     #[arg(short = 'o', long = "format", global = true, value_enum, default_value_t = Format::Text)]
     format: Format,

@@ -174,3 +174,33 @@ fn quoted_values_are_hidden_escapes_and_all() {
     );
     assert_eq!(hide_values("no value here"), "no value here");
 }
+
+/// A drill that cannot run is refused when the file is loaded, naming the
+/// entry and what is wrong, not at 04:00 in the worker.
+#[test]
+fn drills_are_checked_when_the_file_loads() {
+    let check = |drills: &str| {
+        Config::parse(&minimal(drills))
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+    };
+    let ok = "drills:\n  - name: nightly\n    cron: '0 4 * * *'\n    time_zone: Europe/Berlin\n    \
+              targets: [{backup: etcd-hourly}]\n    checks: [file_digests, probe]\n";
+    check(ok).unwrap();
+    let c = Config::parse(&minimal(ok)).unwrap();
+    assert_eq!(c.drills[0].cleanup.on_failure_keep_seconds, 86_400);
+    assert_eq!(c.drills[0].pick, crate::drill::Pick::Latest);
+
+    let err =
+        check(&ok.replace("checks: [file_digests, probe]", "checks: [file_digest]")).unwrap_err();
+    assert!(
+        err.contains("drills[0]") && err.contains("unknown check \"file_digest\""),
+        "{err}"
+    );
+    let err = check("drills:\n  - name: nightly\n    targets: []\n").unwrap_err();
+    assert!(err.contains("no targets"), "{err}");
+    let err = check(&format!("{ok}{}", ok.replace("drills:\n", ""))).unwrap_err();
+    assert!(err.contains("used by two drills"), "{err}");
+    let err = check(&ok.replace("0 4 * * *", "0 25 * * *")).unwrap_err();
+    assert!(err.contains("drills[0]"), "{err}");
+}

@@ -84,6 +84,9 @@ pub(super) fn drill(env: &Env, t: &Target, dir: &Path, watch: &mut Stopwatch, ou
     watch.lap(Phase::Checks);
 
     // Served through the Kubernetes API.
+    if !out.wants(t, "api_object_counts") {
+        return;
+    }
     let kubeconfig = dir.join("kubeconfig");
     let served = restored.client().and_then(|client| {
         env.handle.block_on(crate::dev::apiserver::serve(

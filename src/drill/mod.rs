@@ -140,6 +140,8 @@ pub(crate) struct Target<'s> {
 /// What the checks of one target found, and where it stopped.
 #[derive(Default)]
 pub(crate) struct Outcome {
+    /// The checks the drill runs (`drills[].checks`); `None`: all.
+    pub selected: Option<Vec<String>>,
     pub checks: Vec<Check>,
     pub failure: Option<Failure>,
     /// Scratch it made: `dir:PATH` and `namespace:NAME`.
@@ -169,6 +171,25 @@ impl Outcome {
         });
     }
 
+    /// Whether check `name` runs; one that does not is listed as skipped.
+    pub(crate) fn wants(&mut self, t: &Target, name: &str) -> bool {
+        let wanted = self
+            .selected
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|c| c == name));
+        if !wanted {
+            self.check(
+                t,
+                name,
+                CheckStatus::Skipped,
+                Instant::now(),
+                "not selected (the drill's `checks`)".into(),
+                serde_json::Value::Null,
+            );
+        }
+        wanted
+    }
+
     pub(crate) fn fail(&mut self, t: &Target, phase: Phase, e: &Error) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
@@ -182,10 +203,12 @@ impl Outcome {
 
     fn passed(&self) -> bool {
         self.failure.is_none()
-            && self
-                .checks
-                .iter()
-                .all(|c| matches!(c.status, CheckStatus::Passed | CheckStatus::NotObservable))
+            && self.checks.iter().all(|c| {
+                matches!(
+                    c.status,
+                    CheckStatus::Passed | CheckStatus::NotObservable | CheckStatus::Skipped
+                )
+            })
     }
 }
 
@@ -239,7 +262,10 @@ pub fn run(env: &Env, spec: &DrillSpec) -> Result<Report> {
     watch.lap(Phase::Plan);
 
     for t in &targets {
-        let mut out = Outcome::default();
+        let mut out = Outcome {
+            selected: spec.checks.clone(),
+            ..Outcome::default()
+        };
         if Instant::now() > deadline {
             out.failure = Some(Failure {
                 stage: "timeout".into(),
@@ -744,4 +770,134 @@ fn read_secret(p: &PathBuf) -> Result<crate::repo::RepoSecret> {
         Error::config(format!("{} is not a drctl repository secret", p.display()))
             .with_guidance("use the file `drctl repo init --secret-file` wrote")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report::*;
+    use super::*;
+
+    /// Laps and splits tile the time since the start: the phases add up to
+    /// the wall time, whatever the order.
+    #[test]
+    fn the_stopwatch_tiles_the_wall_time() {
+        let start = Instant::now();
+        let mut w = Stopwatch::new(start);
+        std::thread::sleep(Duration::from_millis(20));
+        w.lap(Phase::Plan);
+        std::thread::sleep(Duration::from_millis(30));
+        // More reading than time passed is cut to the time passed.
+        w.split(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+        w.lap(Phase::Checks);
+        let wall = start.elapsed().as_secs_f64();
+        let total = w.phases.total();
+        assert!(total <= wall && wall - total < 0.005, "{total} vs {wall}");
+        assert_eq!(w.phases.write, 0.0);
+        assert!(w.phases.fetch_decrypt >= 0.03);
+    }
+
+    #[test]
+    fn objectives_pass_at_the_objective_and_breach_past_it() {
+        assert_eq!(Objective::of(10.0, Some(10.0)), Objective::Pass);
+        assert_eq!(Objective::of(10.1, Some(10.0)), Objective::Breach);
+        assert_eq!(Objective::of(10.1, None), Objective::None);
+    }
+
+    fn report(verdict: Verdict, failure: Option<(&str, &str)>) -> Report {
+        let now = Utc::now();
+        Report {
+            schema: SCHEMA.into(),
+            drill_id: Uuid::now_v7(),
+            drill: "d".into(),
+            trigger: "manual".into(),
+            job_id: None,
+            run_by: "t".into(),
+            drctl_version: crate::VERSION.into(),
+            repository: "file:///r".into(),
+            started_at: now,
+            finished_at: now,
+            backups: Vec::new(),
+            rpo: Rpo {
+                seconds: 1.0,
+                objective_seconds: None,
+                result: Objective::None,
+                max_gap_30d_seconds: None,
+                max_gap_name: None,
+                max_gap_ended_at: None,
+            },
+            rto: Rto {
+                seconds: 1.0,
+                objective_seconds: None,
+                result: Objective::None,
+                phases: Phases::default(),
+                bytes: 0,
+                objects: 0,
+                bytes_per_second: 0.0,
+                objects_per_second: 0.0,
+            },
+            checks: Vec::new(),
+            verdict,
+            failure: failure.map(|(stage, kind)| Failure {
+                stage: stage.into(),
+                backup_id: None,
+                kind: kind.into(),
+                reason: "r".into(),
+            }),
+            cleanup: Cleanup {
+                result: "removed".into(),
+                kept_until: None,
+                scratch: Vec::new(),
+                errors: Vec::new(),
+            },
+            trend: Vec::new(),
+        }
+    }
+
+    /// Scripts branch on the exit code: damaged data is 6 whatever else
+    /// happened, partial is 8, a breach is 1.
+    #[test]
+    fn verdicts_map_to_exit_codes() {
+        assert!(verdict_error(&report(Verdict::Passed, None)).is_none());
+        let code = |r: &Report| verdict_error(r).unwrap().kind().exit_code();
+        assert_eq!(
+            code(&report(
+                Verdict::Failed,
+                Some(("fetch_decrypt", "integrity"))
+            )),
+            6
+        );
+        assert_eq!(
+            code(&report(Verdict::Failed, Some(("objectives", "failed")))),
+            1
+        );
+        assert_eq!(
+            code(&report(Verdict::Failed, Some(("start", "unavailable")))),
+            1
+        );
+        assert_eq!(
+            code(&report(Verdict::PartiallyFailed, Some(("write", "failed")))),
+            8
+        );
+    }
+
+    /// The sealed report opens with the repository's keys only, and a
+    /// report sealed under another id (a bucket writer moving one) does not.
+    #[test]
+    fn sealed_reports_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::keys::generate(&dir.path().join("id.txt")).unwrap();
+        let recipients = crate::repo::Recipients::parse(&[key.recipient]).unwrap();
+        let identity = crate::repo::Identity::from_file(&dir.path().join("id.txt")).unwrap();
+        let secret = crate::repo::RepoSecret::generate(Uuid::new_v4(), [0; 32]).unwrap();
+        let r = report(Verdict::Passed, None);
+        let sealed = seal(&r, &secret, &recipients);
+        assert_eq!(open(r.drill_id, &sealed, &secret, &identity).unwrap(), r);
+        let moved = open(Uuid::now_v7(), &sealed, &secret, &identity).unwrap_err();
+        assert_eq!(moved.kind(), ErrorKind::Integrity);
+        let other = crate::repo::RepoSecret::generate(Uuid::new_v4(), [1; 32]).unwrap();
+        let forged = seal(&r, &other, &recipients);
+        let err = open(r.drill_id, &forged, &secret, &identity).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+    }
 }

@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::schedule::Cron;
 
+/// The checks a drill's `checks` can choose from.
+pub const CHECKS: &[&str] = &[
+    "api_object_counts",
+    "object_digests",
+    "readiness",
+    "file_digests",
+    "probe",
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrillSpec {
@@ -29,6 +38,10 @@ pub struct DrillSpec {
     pub pick: Pick,
     #[serde(default)]
     pub objectives: Objectives,
+    /// The checks to run, of [`CHECKS`]; absent: all. Restoring is never
+    /// optional, and etcd's keyspace comparison always runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<String>>,
     /// A drill still running after this is stopped and failed.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -151,6 +164,7 @@ impl DrillSpec {
             targets,
             pick: Pick::Latest,
             objectives: Objectives::default(),
+            checks: None,
             timeout_seconds: default_timeout(),
             cleanup: CleanupSpec::default(),
             history_limit: default_history(),
@@ -184,6 +198,12 @@ impl DrillSpec {
                 && p.command.is_empty()
             {
                 return Err(bad("a probe has an empty command"));
+            }
+        }
+        for c in self.checks.iter().flatten() {
+            if !CHECKS.contains(&c.as_str()) {
+                return Err(bad(&format!("unknown check {c:?}"))
+                    .with_guidance(format!("checks are {}", CHECKS.join(", "))));
             }
         }
         self.cron
