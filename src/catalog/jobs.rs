@@ -458,6 +458,59 @@ impl Catalog {
         Ok((r.rows_affected() == 1).then_some(id))
     }
 
+    /// The slot of the newest job of `kind` for `schedule`.
+    pub async fn last_slot(
+        &self,
+        repo: Uuid,
+        kind: &str,
+        schedule: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT max(scheduled_for) AS slot FROM jobs \
+             WHERE repository_id = $1 AND kind = $2 AND schedule = $3",
+        )
+        .bind(repo)
+        .bind(kind)
+        .bind(schedule)
+        .fetch_one(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(row.get("slot"))
+    }
+
+    /// Enqueues a job for one slot; `None` when that slot has a job already
+    /// (enqueueing is idempotent per slot) or one of the same kind and name
+    /// is still queued or running (then the slot is tried again later).
+    pub async fn enqueue_slot(
+        &self,
+        repo: Uuid,
+        kind: &str,
+        schedule: &str,
+        slot: DateTime<Utc>,
+        trigger: &str,
+    ) -> Result<Option<Uuid>> {
+        let id = Uuid::now_v7();
+        let r = sqlx::query(
+            "INSERT INTO jobs (id, repository_id, kind, schedule, scheduled_for, trigger, state) \
+             SELECT $1, $2, $3, $4, $5, $6, 'queued' \
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE repository_id = $2 AND kind = $3 \
+               AND schedule = $4 AND state IN ('queued', 'running')) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(kind)
+        .bind(schedule)
+        .bind(slot)
+        .bind(trigger)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok((r.rows_affected() == 1).then_some(id))
+    }
+
     // --- The queue ---------------------------------------------------------
 
     /// Claims the oldest queued job of `kinds`, for `ttl`.

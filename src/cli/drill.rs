@@ -168,19 +168,7 @@ async fn run(ctx: &Context, loaded: &Loaded, out: &Out, args: RunArgs) -> Result
         spec.cleanup.on_failure_keep_seconds = keep;
     }
     spec.validate()?;
-    let identity = ctx
-        .identity
-        .clone()
-        .or_else(|| config.encryption.identity_file.clone())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Permission,
-                "a drill decrypts: it needs the age identity",
-            )
-            .with_guidance(
-                "pass --identity FILE, set DRCTL_IDENTITY_FILE, or set encryption.identity_file",
-            )
-        })?;
+    let identity = identity_file(ctx, config)?;
     let catalog = ctx.catalog(loaded).await?;
     let repo_id = super::listing::repository_id(&catalog, loaded).await?;
     let store = super::open_store(config)?;
@@ -348,17 +336,7 @@ impl WorkerArgs {
         let _ = self.drills;
         let loaded = ctx.load_config()?;
         let config = Arc::new(loaded.config.clone());
-        let identity = ctx
-            .identity
-            .clone()
-            .or_else(|| config.encryption.identity_file.clone())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Permission,
-                    "the drill worker needs the age identity",
-                )
-                .with_guidance("pass --identity FILE or set DRCTL_IDENTITY_FILE")
-            })?;
+        let identity = identity_file(ctx, &config)?;
         let catalog = ctx.catalog(&loaded).await?;
         let store = super::open_store(&config)?;
         let opened = {
@@ -407,6 +385,23 @@ impl WorkerArgs {
         signals.abort();
         r
     }
+}
+
+/// The age identity a drill decrypts with: `--identity`,
+/// `DRCTL_IDENTITY_FILE` or `encryption.identity_file`.
+fn identity_file(ctx: &Context, config: &crate::config::Config) -> Result<PathBuf> {
+    ctx.identity
+        .clone()
+        .or_else(|| config.encryption.identity_file.clone())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Permission,
+                "a drill decrypts: it needs the age identity",
+            )
+            .with_guidance(
+                "pass --identity FILE, set DRCTL_IDENTITY_FILE, or set encryption.identity_file",
+            )
+        })
 }
 
 fn whoami() -> String {

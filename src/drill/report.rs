@@ -163,6 +163,17 @@ pub enum CheckStatus {
     Skipped,
 }
 
+impl CheckStatus {
+    /// Passed when `ok`, failed otherwise.
+    pub fn of(ok: bool) -> CheckStatus {
+        if ok {
+            CheckStatus::Passed
+        } else {
+            CheckStatus::Failed
+        }
+    }
+}
+
 /// One check of one target, with evidence that holds no secret.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Check {
@@ -240,19 +251,19 @@ pub fn report_key(id: Uuid) -> String {
     format!("reports/{id}")
 }
 
-/// Serialises, authenticates (with the repository's manifest MAC key, in
-/// a domain of its own) and encrypts a report: a bucket writer can neither
-/// read it nor plant one.
+/// The MAC domain of reports: a manifest cannot pass for a report.
+const DOMAIN: &[u8] = b"drctl drill report v1";
+
+/// Serialises, authenticates (with the repository's manifest MAC key, in a
+/// domain of its own) and encrypts a report, as manifests are: a bucket
+/// writer can neither read one nor plant one.
 pub fn seal(
     report: &Report,
     secret: &crate::repo::RepoSecret,
     recipients: &crate::repo::Recipients,
 ) -> Vec<u8> {
     let json = serde_json::to_vec(report).expect("reports serialise");
-    let body = zstd::bulk::compress(&json, 3).expect("zstd in memory");
-    let mut plain = mac(secret, report.drill_id, &body).to_vec();
-    plain.extend_from_slice(&body);
-    recipients.encrypt(&plain)
+    crate::repo::manifest::seal(DOMAIN, report.drill_id, &json, secret, recipients)
 }
 
 /// Decrypts and authenticates the report of drill run `id`.
@@ -264,41 +275,19 @@ pub fn open(
 ) -> crate::Result<Report> {
     use crate::error::{Error, ErrorKind};
     let what = format!("the report of drill {id}");
-    let plain = identity.decrypt(&what, sealed)?;
-    let forged = || {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("{what} failed authentication: it was not written by this repository's drills"),
-        )
-        .with_guidance(
-            "someone with write access to the bucket may have planted it; read the catalog's copy",
-        )
-    };
-    if plain.len() < 32 {
-        return Err(forged());
-    }
-    let (tag, body) = plain.split_at(32);
-    if blake3::Hash::from_bytes(tag.try_into().expect("32 bytes"))
-        != blake3::Hash::from_bytes(mac(secret, id, body))
-    {
-        return Err(forged());
-    }
-    let json = zstd::bulk::decompress(body, 64 << 20).map_err(|e| {
-        Error::new(ErrorKind::Integrity, format!("{what} does not decompress")).with_source(e)
-    })?;
-    let report: Report = serde_json::from_slice(&json).map_err(|e| {
+    let json = crate::repo::manifest::open(DOMAIN, id, sealed, secret, identity, &what, 64 << 20)?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{what} failed authentication: it was not written by this repository's drills"
+                ),
+            )
+            .with_guidance(
+                "someone with write access to the bucket may have planted it; read the catalog's copy",
+            )
+        })?;
+    serde_json::from_slice(&json).map_err(|e| {
         Error::new(ErrorKind::Integrity, format!("{what} does not parse")).with_source(e)
-    })?;
-    if report.drill_id != id {
-        return Err(forged());
-    }
-    Ok(report)
-}
-
-fn mac(secret: &crate::repo::RepoSecret, id: Uuid, body: &[u8]) -> [u8; 32] {
-    let mut input = Vec::with_capacity(body.len() + 40);
-    input.extend_from_slice(b"drctl drill report v1");
-    input.extend_from_slice(id.as_bytes());
-    input.extend_from_slice(body);
-    secret.manifest_mac(&input)
+    })
 }

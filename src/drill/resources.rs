@@ -110,11 +110,7 @@ pub(super) fn drill(
     out.check(
         t,
         "apply",
-        if failed.is_empty() {
-            CheckStatus::Passed
-        } else {
-            CheckStatus::Failed
-        },
+        CheckStatus::of(failed.is_empty()),
         began,
         if failed.is_empty() {
             format!(
@@ -166,11 +162,7 @@ pub(super) fn drill(
         out.check(
             t,
             "object_digests",
-            if ok {
-                CheckStatus::Passed
-            } else {
-                CheckStatus::Failed
-            },
+            CheckStatus::of(ok),
             began,
             if ok {
                 format!("{matched} objects read back equal to the backup's (sanitised) digests")

@@ -75,11 +75,7 @@ pub(super) fn drill(env: &Env, t: &Target, dir: &Path, watch: &mut Stopwatch, ou
                 out.check(
                     t,
                     "file_digests",
-                    if ok {
-                        CheckStatus::Passed
-                    } else {
-                        CheckStatus::Failed
-                    },
+                    CheckStatus::of(ok),
                     began,
                     if ok {
                         format!(

@@ -250,10 +250,7 @@ impl Manifest {
     /// Serialises, authenticates and encrypts the manifest.
     pub fn seal(&self, secret: &RepoSecret, recipients: &Recipients) -> Vec<u8> {
         let json = serde_json::to_vec(self).expect("manifest serialises");
-        let body = zstd::bulk::compress(&json, 3).expect("zstd in memory");
-        let mut plain = mac(secret, self.backup_id, &body).to_vec();
-        plain.extend_from_slice(&body);
-        recipients.encrypt(&plain)
+        seal(MANIFEST_DOMAIN, self.backup_id, &json, secret, recipients)
     }
 
     /// Decrypts and authenticates the manifest of backup `id`.
@@ -264,7 +261,6 @@ impl Manifest {
         identity: &Identity,
     ) -> Result<Manifest> {
         let what = format!("the manifest of backup {id}");
-        let plain = identity.decrypt(&what, sealed)?;
         let forged = || {
             Error::new(
                 ErrorKind::Integrity,
@@ -277,18 +273,16 @@ impl Manifest {
                  it. Other backups are unaffected",
             )
         };
-        if plain.len() < 32 {
-            return Err(forged());
-        }
-        let (tag, body) = plain.split_at(32);
-        let expected = mac(secret, id, body);
-        // blake3::Hash compares in constant time.
-        if blake3::Hash::from_bytes(tag.try_into().unwrap()) != blake3::Hash::from_bytes(expected) {
-            return Err(forged());
-        }
-        let json = zstd::bulk::decompress(body, 1 << 30).map_err(|e| {
-            Error::new(ErrorKind::Integrity, format!("{what} does not decompress")).with_source(e)
-        })?;
+        let json = open(
+            MANIFEST_DOMAIN,
+            id,
+            sealed,
+            secret,
+            identity,
+            &what,
+            1 << 30,
+        )?
+        .ok_or_else(forged)?;
         let manifest: Manifest = serde_json::from_slice(&json).map_err(|e| {
             Error::new(ErrorKind::Integrity, format!("{what} does not parse")).with_source(e)
         })?;
@@ -309,9 +303,57 @@ impl Manifest {
     }
 }
 
-fn mac(secret: &RepoSecret, id: Uuid, body: &[u8]) -> [u8; 32] {
-    let mut input = Vec::with_capacity(body.len() + 40);
-    input.extend_from_slice(b"drctl manifest v1");
+const MANIFEST_DOMAIN: &[u8] = b"drctl manifest v1";
+
+/// Seals `json` written once under `id` (a manifest, a drill report):
+/// zstd, then a MAC under the repository's manifest key over `domain`, the
+/// id and the body, then age to the recipients. Whoever holds only the
+/// recipients (a bucket writer) can encrypt, but not authenticate: a
+/// planted object fails [`open`].
+pub fn seal(
+    domain: &[u8],
+    id: Uuid,
+    json: &[u8],
+    secret: &RepoSecret,
+    recipients: &Recipients,
+) -> Vec<u8> {
+    let body = zstd::bulk::compress(json, 3).expect("zstd in memory");
+    let mut plain = mac(domain, secret, id, &body).to_vec();
+    plain.extend_from_slice(&body);
+    recipients.encrypt(&plain)
+}
+
+/// Decrypts and authenticates what [`seal`] made under `domain` and `id`:
+/// the JSON, or `None` when the MAC does not match (forged, or moved from
+/// another id). At most `limit` bytes once decompressed.
+pub fn open(
+    domain: &[u8],
+    id: Uuid,
+    sealed: &[u8],
+    secret: &RepoSecret,
+    identity: &Identity,
+    what: &str,
+    limit: usize,
+) -> Result<Option<Vec<u8>>> {
+    let plain = identity.decrypt(what, sealed)?;
+    if plain.len() < 32 {
+        return Ok(None);
+    }
+    let (tag, body) = plain.split_at(32);
+    // blake3::Hash compares in constant time.
+    if blake3::Hash::from_bytes(tag.try_into().expect("32 bytes"))
+        != blake3::Hash::from_bytes(mac(domain, secret, id, body))
+    {
+        return Ok(None);
+    }
+    zstd::bulk::decompress(body, limit).map(Some).map_err(|e| {
+        Error::new(ErrorKind::Integrity, format!("{what} does not decompress")).with_source(e)
+    })
+}
+
+fn mac(domain: &[u8], secret: &RepoSecret, id: Uuid, body: &[u8]) -> [u8; 32] {
+    let mut input = Vec::with_capacity(body.len() + domain.len() + 16);
+    input.extend_from_slice(domain);
     input.extend_from_slice(id.as_bytes());
     input.extend_from_slice(body);
     secret.manifest_mac(&input)
