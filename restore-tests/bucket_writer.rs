@@ -170,6 +170,7 @@ async fn new_versions_of_secret_config_and_manifest_are_never_trusted() {
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     put_version(&bucket, &manifest, forged.seal(&fake, &recipients)).await;
 

@@ -124,7 +124,7 @@ spec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}
 
 /// A stopped PostgreSQL data directory with table `t` of `rows` rows,
 /// owned by PostgreSQL's user (initdb refuses root).
-fn postgres_data(rows: u64) -> tempfile::TempDir {
+pub(crate) fn postgres_data(rows: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let bindir = std::fs::read_dir("/usr/lib/postgresql")
         .ok()

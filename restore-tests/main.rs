@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod agent;
 mod apiserver;
 mod bucket_writer;
 mod catalog;

@@ -454,6 +454,7 @@ async fn forged_manifests_are_reported_and_left_out() {
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     let forged_key = format!("manifests/{forged_id}");
     std::fs::write(

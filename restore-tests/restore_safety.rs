@@ -110,6 +110,7 @@ fn plant_with(
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     std::fs::create_dir_all(env.repo().join("manifests")).unwrap();
     std::fs::write(

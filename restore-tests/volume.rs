@@ -295,6 +295,7 @@ async fn forged_manifest_is_rejected_and_wrong_identity_refused() {
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     overwrite(&key_path, &forged.seal(&fake_secret, &recipients));
     let (out, _, stderr) = env.restore(&id.to_string(), &env.ws.path("out"));

@@ -21,6 +21,7 @@
 //! - [`error`]: the one public error type, with guidance and exit codes.
 //! - [`cli`]: the `drctl` command line, a thin layer over the above.
 
+pub mod agent;
 pub mod backup;
 pub mod catalog;
 pub mod cli;

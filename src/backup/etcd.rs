@@ -235,6 +235,7 @@ async fn run(
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     let summary = EtcdSummary {
         backup_id: id,

@@ -13,6 +13,7 @@
 //! catalog.
 
 pub mod etcd;
+pub mod namespaces;
 pub mod resources;
 pub mod volume;
 
@@ -28,6 +29,7 @@ use crate::repo::manifest::{ChunkLocation, Manifest, manifest_key};
 use crate::repo::{ChunkId, Repository};
 
 pub use etcd::{EtcdSummary, backup_etcd};
+pub use namespaces::{SetOptions, SetSummary, backup_namespaces};
 pub use resources::{ResourcesSummary, backup_resources};
 pub use volume::{Summary, backup_volume};
 

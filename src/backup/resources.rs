@@ -286,6 +286,7 @@ async fn run(
         tree: None,
         packs: Vec::new(),
         totals: None,
+        members: Vec::new(),
     };
     let items = super::write_items(catalog, id, None, items(&table.objects, &table.chunks));
     let mut summary = ResourcesSummary {

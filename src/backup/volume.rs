@@ -213,6 +213,7 @@ async fn run_volume(
             files: walked.files,
             bytes: walked.bytes,
         }),
+        members: Vec::new(),
     };
     let summary = summarize(id, status, parent, &manifest, &walked, &stats);
     let error = (!walked.problems.is_empty()).then(|| {

@@ -39,6 +39,7 @@ macro_rules! columns {
          manifest_key, retain_until, stats, error, tree, verified_at, verified_by"
     };
 }
+pub(super) use columns;
 
 /// How a backup ended, for [`Catalog::finish_backup`].
 #[derive(Clone, Copy)]
@@ -339,6 +340,23 @@ impl Catalog {
     /// objects per namespace (`""`: cluster-scoped) and per kind; for a
     /// volume the files, directories and other entries.
     pub async fn contents(&self, row: &BackupRow) -> Result<serde_json::Value> {
+        if row.kind == "namespaces" {
+            // A set: its members as they stand now (one may have been
+            // deleted since), and the claims it could not back up.
+            let members = self.set_members(row.id).await?;
+            return Ok(serde_json::json!({
+                "members": members.iter().map(|m| serde_json::json!({
+                    "backup_id": m.id,
+                    "kind": m.kind,
+                    "name": m.name,
+                    "status": m.status,
+                    "node": m.stats.get("node"),
+                    "volume": m.stats.get("volume"),
+                    "bytes": m.stats.get("bytes"),
+                })).collect::<Vec<_>>(),
+                "problems": row.stats.get("problems"),
+            }));
+        }
         if row.kind == "resources" {
             // One pass over the items: counts per (namespace, kind).
             let groups: Vec<(String, String, i64)> = sqlx::query_as(

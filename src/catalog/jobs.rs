@@ -57,8 +57,9 @@ macro_rules! job_columns {
          lease_owner, lease_generation, queued_at, started_at, finished_at, backup_id, result"
     };
 }
+pub(super) use job_columns;
 
-fn job_row(r: &sqlx::postgres::PgRow) -> JobRow {
+pub(super) fn job_row(r: &sqlx::postgres::PgRow) -> JobRow {
     JobRow {
         id: r.get("id"),
         kind: r.get("kind"),

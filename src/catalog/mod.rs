@@ -37,6 +37,7 @@ mod drills;
 mod gc;
 mod jobs;
 pub mod rebuild;
+mod sets;
 mod store;
 
 use std::time::Duration;
@@ -51,6 +52,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub use backups::{BackupEnd, BackupRow, ItemRow, ListFilter, PendingItems};
 pub use drills::DrillRunRow;
 pub use jobs::{Claim, JobRow, Lease, ScheduleRow, Tick};
+pub use sets::NodeJob;
 
 /// The longest one catalog call may take, in seconds
 /// (`catalog.timeout_seconds`, set at connect). A PostgreSQL that stops

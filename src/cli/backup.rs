@@ -19,6 +19,11 @@ pub(crate) enum BackupCommand {
     /// types, with the cluster-scoped objects they use, each object's JSON
     /// stored once across backups.
     Resources(ResourcesArgs),
+    /// Back up namespaces with their data, as one set: the resources, and
+    /// every PersistentVolumeClaim they use, each read by the `drctl agent`
+    /// of the node that mounts it. A claim that cannot be read makes the
+    /// set partial (exit 8), with the claim named.
+    Namespaces(NamespacesArgs),
     /// List the backups in the catalog (or, with --from-bucket, in the
     /// bucket's manifests).
     List(super::listing::ListArgs),
@@ -93,6 +98,28 @@ pub(crate) struct ResourcesArgs {
     /// Default: repository.s3.retention_days.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retention: Option<chrono::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NamespacesArgs {
+    #[command(flatten)]
+    scope: super::resources::ScopeArgs,
+    #[command(flatten)]
+    cluster: super::resources::ClusterArgs,
+    /// Name of the set (its members: NAME for the resources, NS/CLAIM for
+    /// each volume).
+    #[arg(long)]
+    name: String,
+    /// How long to keep the set (and its object locks): `90d`, `12h`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retention: Option<chrono::Duration>,
+    /// Seconds a claim's volume job may wait for the agent of its node
+    /// before the claim is reported as not backed up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    agent_timeout: u64,
+    /// Seconds the whole set may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 6 * 3600)]
+    timeout: u64,
 }
 
 /// Runs a backup with a progress callback that feeds `bar`, and clears the
@@ -222,6 +249,48 @@ impl BackupCommand {
                 out.emit(&s, || super::resources::render_backup(&s));
                 Ok(())
             }
+            BackupCommand::Namespaces(args) => {
+                let scope = args.scope.scope()?;
+                if args.scope.is_unfiltered() {
+                    return Err(Error::config("a namespace set needs --include-namespaces")
+                        .with_guidance("name the namespaces to back up with their data"));
+                }
+                let cluster = args.cluster.connect(&loaded.config).await?;
+                let repo = Arc::new(super::open_repo(
+                    &loaded.config,
+                    ctx.identity.as_deref(),
+                    true,
+                )?);
+                let s = crate::backup::backup_namespaces(
+                    repo,
+                    &loaded.config,
+                    &catalog,
+                    &cluster,
+                    &scope,
+                    &args.name,
+                    crate::backup::SetOptions {
+                        agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
+                        timeout: std::time::Duration::from_secs(args.timeout),
+                        retain_until: retention(&loaded.config, args.retention),
+                    },
+                )
+                .await?;
+                out.emit(&s, || render_set(&s));
+                if s.status != "complete" {
+                    return Err(Error::new(
+                        ErrorKind::Partial,
+                        format!(
+                            "set {} is partial: {} claim(s) not backed up",
+                            s.backup_id,
+                            s.problems.len()
+                        ),
+                    )
+                    .with_guidance(
+                        "the claims are listed above with why; the rest of the set is restorable",
+                    ));
+                }
+                Ok(())
+            }
             BackupCommand::List(_)
             | BackupCommand::Describe { .. }
             | BackupCommand::Ls(_)
@@ -241,6 +310,42 @@ impl BackupCommand {
             }
         }
     }
+}
+
+fn render_set(s: &crate::backup::SetSummary) -> String {
+    let mut t = format!(
+        "set {} `{}` {} in {:.1}s: namespaces {}\n",
+        s.backup_id,
+        s.name,
+        s.status,
+        s.seconds,
+        s.namespaces.join(", ")
+    );
+    for m in &s.members {
+        t.push_str(&format!(
+            "  {:<9} {}  {:<30} {}{}\n",
+            m.kind,
+            crate::reference::short(&m.backup_id),
+            m.name,
+            m.status,
+            m.node
+                .as_ref()
+                .map(|n| format!(" (node {n})"))
+                .unwrap_or_default()
+        ));
+    }
+    for p in &s.problems {
+        t.push_str(&format!(
+            "  NOT BACKED UP {}{}: {}\n",
+            p.claim,
+            p.node
+                .as_ref()
+                .map(|n| format!(" (node {n})"))
+                .unwrap_or_default(),
+            p.reason
+        ));
+    }
+    t
 }
 
 fn render_summary(s: &Summary) -> String {

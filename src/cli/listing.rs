@@ -22,7 +22,7 @@ use crate::reference::short;
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
     /// Only backups of this kind.
-    #[arg(long, value_parser = ["volume", "etcd", "resources"])]
+    #[arg(long, value_parser = ["volume", "etcd", "resources", "namespaces"])]
     kind: Option<String>,
     /// Only backups of this name (the volume, etcd cluster or scope name).
     #[arg(long)]
@@ -365,6 +365,37 @@ pub(crate) fn render_describe(d: &Described) -> String {
 fn render_contents(kind: &str, c: &serde_json::Value, stats: &serde_json::Value) -> String {
     let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     match kind {
+        "namespaces" => {
+            let none = Vec::new();
+            let members = c.get("members").and_then(|m| m.as_array()).unwrap_or(&none);
+            let mut t = format!("{} member backup(s)\n", members.len());
+            for m in members {
+                let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                t.push_str(&format!(
+                    "             {:<9} {}  {:<30} {}{}\n",
+                    s("kind"),
+                    s("backup_id"),
+                    s("name"),
+                    s("status"),
+                    m.get("node")
+                        .and_then(|v| v.as_str())
+                        .map(|n| format!(" on {n}"))
+                        .unwrap_or_default()
+                ));
+            }
+            for p in c
+                .get("problems")
+                .and_then(|p| p.as_array())
+                .unwrap_or(&none)
+            {
+                t.push_str(&format!(
+                    "             NOT BACKED UP {}: {}\n",
+                    p.get("claim").and_then(|v| v.as_str()).unwrap_or("?"),
+                    p.get("reason").and_then(|v| v.as_str()).unwrap_or("?")
+                ));
+            }
+            t
+        }
         "resources" => {
             let mut t = format!("{} objects\n", n(c, "objects"));
             if let Some(ns) = c.get("namespaces").and_then(|v| v.as_object()) {

@@ -3,6 +3,7 @@
 //! library and print; the work is done in the library so the server and the
 //! tests use the same code.
 
+mod agent;
 mod backup;
 mod browse;
 mod catalog;
@@ -109,6 +110,9 @@ enum Command {
     /// Restore drills: run one, list runs, print a report.
     #[command(subcommand)]
     Drill(drill::DrillCommand),
+    /// The node agent: backs up (and restores) the volumes of pods on its
+    /// node, for namespace backup sets. One per node (a DaemonSet).
+    Agent(agent::AgentArgs),
     /// Work the drill jobs `drctl server` schedules (`--drills`): the one
     /// long-running process that holds the age identity.
     Worker(drill::WorkerArgs),
@@ -248,6 +252,7 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
         Command::Retention(cmd) => cmd.run(&ctx, out).await,
         Command::Drill(cmd) => cmd.run(&ctx, out).await,
         Command::Worker(cmd) => cmd.run(&ctx).await,
+        Command::Agent(cmd) => cmd.run(&ctx).await,
         Command::Dev(cmd) => cmd.run(out).await,
     }
 }

@@ -40,6 +40,11 @@ pub(crate) struct ScopeArgs {
 }
 
 impl ScopeArgs {
+    /// No namespace named: every namespace of the cluster.
+    pub(crate) fn is_unfiltered(&self) -> bool {
+        self.include_namespaces.is_empty()
+    }
+
     pub(crate) fn scope(&self) -> Result<Scope> {
         Scope::new(&ScopeFlags {
             include_namespaces: self.include_namespaces.clone(),

@@ -65,7 +65,7 @@ pub struct Manifest {
     pub format: u32,
     pub backup_id: Uuid,
     pub repository_id: Uuid,
-    /// `volume`, `etcd` or `resources`.
+    /// `volume`, `etcd`, `resources` or `namespaces` (a set).
     pub kind: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -104,6 +104,10 @@ pub struct Manifest {
     /// read its trees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<Totals>,
+    /// A namespace backup set's members (its resources backup and one
+    /// volume backup per claim), so a set restores with the catalog gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,423 @@
+//! A namespace backup set: the resources of the chosen namespaces and the
+//! data of every PersistentVolumeClaim they use, as one backup with one id
+//! and one status. The resources are read here, through the API; each
+//! claim's data is read by the `drctl agent` of the node whose pod mounts
+//! it (a volume job for that node), so volume data never passes through
+//! the API server or this process. A claim that cannot be read — no pod
+//! mounts it, no agent on its node, the agent died, the pod moved — is
+//! named in the set's problems and the set is `partial`, never silently
+//! complete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::agent::VolumeJob;
+use crate::catalog::Catalog;
+use crate::cluster::Cluster;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::manifest::{MANIFEST_FORMAT, Manifest};
+use crate::resources::scope::Scope;
+
+/// How long a set waits.
+#[derive(Debug, Clone, Copy)]
+pub struct SetOptions {
+    /// A claim's job that no agent has claimed after this is given up:
+    /// no agent runs on that node.
+    pub agent_timeout: Duration,
+    /// The whole set, the volume backups included.
+    pub timeout: Duration,
+    /// How long the set and its resources are kept (and locked).
+    pub retain_until: Option<chrono::DateTime<Utc>>,
+}
+
+/// What a set did.
+#[derive(Debug, Serialize)]
+pub struct SetSummary {
+    pub backup_id: Uuid,
+    pub name: String,
+    /// `complete`, or `partial` when a claim could not be backed up.
+    pub status: String,
+    pub namespaces: Vec<String>,
+    pub members: Vec<Member>,
+    /// Claims not backed up, each with its node and why.
+    pub problems: Vec<ClaimProblem>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub backup_id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimProblem {
+    pub claim: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub reason: String,
+}
+
+pub async fn backup_namespaces(
+    repo: Arc<crate::repo::Repository>,
+    config: &crate::config::Config,
+    catalog: &Catalog,
+    cluster: &Cluster,
+    scope: &Scope,
+    name: &str,
+    opts: SetOptions,
+) -> Result<SetSummary> {
+    let started = Instant::now();
+    let retain_until = opts.retain_until;
+    let repo_id = catalog
+        .ensure_repository(&repo.config, &repo.store.location())
+        .await?;
+    let set_id = Uuid::now_v7();
+    catalog
+        .start_backup(set_id, repo_id, "namespaces", name, None)
+        .await?;
+    let body = async {
+        // The claims and who mounts them, read before the resources so a
+        // claim made meanwhile is in neither rather than in one.
+        let namespaces = selected_namespaces(cluster, scope).await?;
+        let claims = claims_and_pods(cluster, &namespaces).await?;
+        let writer = super::Writer::new(repo.clone(), config, retain_until);
+        let quiet: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+        // Not the set's own name: `NAME@latest` names the set alone.
+        let res_name = format!("{name}.resources");
+        let res =
+            super::backup_resources(writer, catalog, cluster, scope, &res_name, quiet).await?;
+        catalog.join_set(res.backup_id, set_id, &json!({})).await?;
+        let mut members = vec![Member {
+            backup_id: res.backup_id,
+            kind: "resources".into(),
+            name: res_name,
+            status: res.status.clone(),
+            node: None,
+        }];
+        let mut problems = Vec::new();
+        let mut jobs = Vec::new();
+        for c in claims {
+            let key = format!("{}/{}", c.namespace, c.claim);
+            let Some(pod) = c.pod else {
+                problems.push(ClaimProblem {
+                    claim: key,
+                    node: None,
+                    reason: "no running pod mounts it, so no node agent can read it (helper \
+                             pods for unmounted claims are not implemented yet)"
+                        .into(),
+                });
+                continue;
+            };
+            let job = VolumeJob {
+                set_id,
+                namespace: c.namespace.clone(),
+                claim: c.claim.clone(),
+                pod: pod.name,
+                pod_uid: pod.uid,
+                name: key.clone(),
+                retain_until,
+            };
+            let params = serde_json::to_value(&job).expect("jobs serialise");
+            let id = catalog
+                .enqueue_node_job(repo_id, &pod.node, &format!("{set_id}/{key}"), &params)
+                .await?;
+            tracing::info!(claim = %key, node = %pod.node, job = %id, "volume job queued");
+            jobs.push(id);
+        }
+        let done = wait(catalog, repo_id, &jobs, opts).await?;
+        for j in done {
+            let claim = j
+                .params
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            match (j.state.as_str(), j.backup_id) {
+                ("succeeded", Some(id)) => members.push(Member {
+                    backup_id: id,
+                    kind: "volume".into(),
+                    name: claim,
+                    status: "complete".into(),
+                    node: Some(j.node),
+                }),
+                (_, backup) => {
+                    if let Some(id) = backup {
+                        members.push(Member {
+                            backup_id: id,
+                            kind: "volume".into(),
+                            name: claim.clone(),
+                            status: "partial".into(),
+                            node: Some(j.node.clone()),
+                        });
+                    }
+                    problems.push(ClaimProblem {
+                        claim,
+                        node: Some(j.node),
+                        reason: j
+                            .reason
+                            .unwrap_or_else(|| format!("the job ended {}", j.state)),
+                    });
+                }
+            }
+        }
+        Ok::<_, Error>((namespaces, members, problems))
+    };
+    let (namespaces, members, problems) = super::or_fail(catalog, set_id, body).await?;
+    let status = if problems.is_empty() {
+        "complete"
+    } else {
+        "partial"
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        backup_id: set_id,
+        repository_id: repo_id,
+        kind: "namespaces".into(),
+        name: name.to_string(),
+        created_at: Utc::now(),
+        parent: None,
+        source: format!("namespaces {} on {}", namespaces.join(", "), cluster.url),
+        status: status.into(),
+        problems: problems
+            .iter()
+            .map(|p| crate::repo::manifest::Problem {
+                path: p.claim.clone(),
+                error: p.reason.clone(),
+            })
+            .collect(),
+        entries: Vec::new(),
+        chunks: Vec::new(),
+        etcd: None,
+        objects: Vec::new(),
+        object_table: None,
+        tree: None,
+        packs: Vec::new(),
+        totals: None,
+        members: members.iter().map(|m| m.backup_id).collect(),
+    };
+    let summary = SetSummary {
+        backup_id: set_id,
+        name: name.into(),
+        status: status.into(),
+        namespaces,
+        members,
+        problems,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let stats = json!({
+        "source": manifest.source,
+        "seconds": summary.seconds,
+        "members": summary.members,
+        "problems": summary.problems,
+    });
+    let error = (!summary.problems.is_empty()).then(|| {
+        format!(
+            "{} claim(s) not backed up, first: {}: {}",
+            summary.problems.len(),
+            summary.problems[0].claim,
+            summary.problems[0].reason
+        )
+    });
+    super::or_fail(
+        catalog,
+        set_id,
+        super::seal_and_finish(
+            &repo,
+            catalog,
+            manifest,
+            &[],
+            None,
+            &stats,
+            error.as_deref(),
+            retain_until,
+        ),
+    )
+    .await?;
+    Ok(summary)
+}
+
+/// Waits for the volume jobs: gives up on one no agent claims within the
+/// agent timeout, gives back the jobs of agents that stopped renewing
+/// their leases (as the server's leader does), and stops at the set's
+/// timeout.
+async fn wait(
+    catalog: &Catalog,
+    repo_id: Uuid,
+    jobs: &[Uuid],
+    opts: SetOptions,
+) -> Result<Vec<crate::catalog::NodeJob>> {
+    let deadline = Instant::now() + opts.timeout;
+    loop {
+        catalog.reap_jobs(repo_id).await?;
+        let now = Utc::now();
+        let rows = catalog.node_jobs(jobs).await?;
+        let mut open = 0;
+        for j in &rows {
+            match j.state.as_str() {
+                "queued" => {
+                    open += 1;
+                    // Queued since it was (re)queued: a retried job waits
+                    // for an agent again.
+                    let since = j.started_at.unwrap_or(j.queued_at);
+                    let waited = (now - since).to_std().unwrap_or_default();
+                    if waited > opts.agent_timeout {
+                        let why = format!(
+                            "no drctl agent on node {} claimed it within {} s{}: is the agent \
+                             running there (`kubectl -n drctl-node get pods -o wide`)?",
+                            j.node,
+                            opts.agent_timeout.as_secs(),
+                            if j.attempt > 0 {
+                                format!(
+                                    " after attempt {} stopped (the agent died mid-backup)",
+                                    j.attempt
+                                )
+                            } else {
+                                String::new()
+                            }
+                        );
+                        catalog.abandon_node_job(j.id, &why).await?;
+                    }
+                }
+                "running" => open += 1,
+                _ => {}
+            }
+        }
+        if open == 0 {
+            return Ok(rows);
+        }
+        if Instant::now() > deadline {
+            for j in rows.iter().filter(|j| j.state == "queued") {
+                catalog
+                    .abandon_node_job(j.id, "the set's timeout passed first")
+                    .await?;
+            }
+            return Err(Error::new(
+                ErrorKind::Failed,
+                format!(
+                    "{open} volume backup(s) of the set still running after {} s",
+                    opts.timeout.as_secs()
+                ),
+            )
+            .with_guidance("raise --timeout, or check the agents' logs"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The namespaces of the cluster the scope takes.
+async fn selected_namespaces(cluster: &Cluster, scope: &Scope) -> Result<Vec<String>> {
+    let list = cluster.get("/api/v1/namespaces").await?;
+    let mut out: Vec<String> = list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+        .filter(|n| scope.namespace_selected(n))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "no namespace of the cluster matches --include-namespaces",
+        )
+        .with_guidance("`kubectl get namespaces` lists them"));
+    }
+    Ok(out)
+}
+
+struct ClaimUse {
+    namespace: String,
+    claim: String,
+    pod: Option<PodOnNode>,
+}
+
+struct PodOnNode {
+    name: String,
+    uid: String,
+    node: String,
+}
+
+/// Every claim of `namespaces`, each with a running pod on a node that
+/// mounts it (the first by name, for a claim several pods share).
+async fn claims_and_pods(cluster: &Cluster, namespaces: &[String]) -> Result<Vec<ClaimUse>> {
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let claims = cluster
+            .get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"))
+            .await?;
+        let pods = cluster
+            .get(&format!("/api/v1/namespaces/{ns}/pods"))
+            .await?;
+        let mut mounted: BTreeMap<String, PodOnNode> = BTreeMap::new();
+        let mut pods: Vec<&Value> = pods
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        pods.sort_by_key(|p| {
+            p.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        for p in pods {
+            let phase = p.pointer("/status/phase").and_then(Value::as_str);
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                continue;
+            }
+            let (Some(name), Some(uid), Some(node)) = (
+                p.pointer("/metadata/name").and_then(Value::as_str),
+                p.pointer("/metadata/uid").and_then(Value::as_str),
+                p.pointer("/spec/nodeName").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            for v in p
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(claim) = v
+                    .pointer("/persistentVolumeClaim/claimName")
+                    .and_then(Value::as_str)
+                {
+                    mounted.entry(claim.to_string()).or_insert(PodOnNode {
+                        name: name.into(),
+                        uid: uid.into(),
+                        node: node.into(),
+                    });
+                }
+            }
+        }
+        for c in claims
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(claim) = c.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            out.push(ClaimUse {
+                namespace: ns.clone(),
+                claim: claim.into(),
+                pod: mounted.remove(claim),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,163 @@
+//! Namespace backup sets and the volume jobs of node agents.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row as _;
+use uuid::Uuid;
+
+use super::Bounded as _;
+use super::{BackupRow, Catalog, Claim, query_error};
+use crate::error::Result;
+
+/// A volume job of a set, as the set's coordinator follows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeJob {
+    pub id: Uuid,
+    pub node: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempt: i32,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub backup_id: Option<Uuid>,
+    pub params: serde_json::Value,
+}
+
+impl Catalog {
+    /// Queues a volume job for the agent of `node`. `key` names it uniquely
+    /// (`<set id>/<namespace>/<claim>`).
+    pub async fn enqueue_node_job(
+        &self,
+        repo: Uuid,
+        node: &str,
+        key: &str,
+        params: &serde_json::Value,
+    ) -> Result<Uuid> {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO jobs (id, repository_id, kind, schedule, scheduled_for, trigger, state, \
+               node, params) VALUES ($1, $2, 'volume', $3, now(), 'set', 'queued', $4, $5)",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(key)
+        .bind(node)
+        .bind(params)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(id)
+    }
+
+    /// Claims the oldest queued volume job of `node`, for `ttl`, with its
+    /// parameters.
+    pub async fn claim_node_job(
+        &self,
+        repo: Uuid,
+        owner: &str,
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(Claim, serde_json::Value)>> {
+        let r = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = $2, \
+               lease_generation = lease_generation + 1, \
+               lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(), \
+               started_at = now(), reason = NULL \
+             WHERE id = (SELECT id FROM jobs WHERE repository_id = $1 AND state = 'queued' \
+               AND kind = 'volume' AND node = $3 ORDER BY queued_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
+             RETURNING params, ",
+            super::jobs::job_columns!()
+        ))
+        .bind(repo)
+        .bind(owner)
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(r.map(|r| {
+            let job = super::jobs::job_row(&r);
+            (
+                Claim {
+                    generation: job.lease_generation,
+                    owner: owner.to_string(),
+                    job,
+                },
+                r.get("params"),
+            )
+        }))
+    }
+
+    /// The volume jobs of `ids`, as they stand.
+    pub async fn node_jobs(&self, ids: &[Uuid]) -> Result<Vec<NodeJob>> {
+        let rows = sqlx::query(
+            "SELECT id, node, state, reason, attempt, queued_at, started_at, backup_id, params \
+             FROM jobs WHERE id = ANY($1) ORDER BY queued_at, id",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeJob {
+                id: r.get("id"),
+                node: r.get("node"),
+                state: r.get("state"),
+                reason: r.get("reason"),
+                attempt: r.get("attempt"),
+                queued_at: r.get("queued_at"),
+                started_at: r.get("started_at"),
+                backup_id: r.get("backup_id"),
+                params: r.get("params"),
+            })
+            .collect())
+    }
+
+    /// Gives up on a queued volume job no agent claimed (fails it with
+    /// `reason`); false when an agent claimed it meanwhile.
+    pub async fn abandon_node_job(&self, id: Uuid, reason: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'failed', reason = $2, finished_at = now() \
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Makes backup `id` a member of set `set`, and adds `facts` (the claim
+    /// it holds, its volume, node) to its stats.
+    pub async fn join_set(&self, id: Uuid, set: Uuid, facts: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE backups SET set_id = $2, stats = stats || $3 WHERE id = $1")
+            .bind(id)
+            .bind(set)
+            .bind(facts)
+            .execute(self.pool())
+            .bounded()
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    /// The members of set `set`.
+    pub async fn set_members(&self, set: Uuid) -> Result<Vec<BackupRow>> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            super::backups::columns!(),
+            " FROM backups WHERE set_id = $1 AND deleted_at IS NULL ORDER BY kind DESC, name"
+        ))
+        .bind(set)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)
+    }
+}
