@@ -47,7 +47,10 @@ impl Node {
             .spawn()
             .expect("start drctl agent");
         self.agent = Some(child);
-        // Up, or dead with its reason.
+    }
+
+    /// Waits until the agent says it started, or fails with its log.
+    fn started(&mut self, env: &VolumeEnv) {
         let log = env.ws.path(&format!("agent-{}.log", self.name));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -227,9 +230,13 @@ impl Shop {
         }
     }
 
+    /// Every node's agent, started together as a DaemonSet's pods are.
     fn start_agents(&mut self) {
         for n in &mut self.nodes {
             n.start(&self.env);
+        }
+        for n in &mut self.nodes {
+            n.started(&self.env);
         }
     }
 
@@ -418,17 +425,53 @@ async fn an_agent_killed_mid_backup_leaves_the_set_partial_naming_the_claim() {
     // What node-a holds is in the set.
     assert_eq!(member(&set, "shop/pgdata")["status"], "complete");
 
-    // The agent back, the next set completes.
+    // The agent back, the next scheduled set completes: `drctl server`
+    // runs a `namespaces` schedule (its latest slot at once).
     shop.nodes[1].start(&shop.env);
-    let (out, set, stderr) = shop.backup(&[]);
-    assert!(out.status.success(), "{set:#}\n{stderr}");
-    assert_eq!(set["status"], "complete");
+    shop.nodes[1].started(&shop.env);
+    let mut config = std::fs::read_to_string(&shop.env.config).unwrap();
+    config.push_str(
+        "schedules:\n  - name: shop-hourly\n    cron: \"@hourly\"\n    \
+         source: {namespaces: {include_namespaces: [shop], agent_timeout_seconds: 30}}\n",
+    );
+    std::fs::write(&shop.env.config, config).unwrap();
+    let _server = crate::server::Server::start_with(&shop.env, "server.log", &[]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let set = loop {
+        let sets = shop.env.json(&[
+            "backup",
+            "list",
+            "--kind",
+            "namespaces",
+            "--name",
+            "shop-hourly",
+        ]);
+        if let Some(s) = sets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] != "running")
+        {
+            break s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled set finished:\n{}\n{}",
+            std::fs::read_to_string(shop.env.ws.path("server.log")).unwrap_or_default(),
+            shop.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(set["status"], "complete", "{set:#}\n{}", shop.logs());
+    let page = shop.env.ok(&["backup", "describe", "shop-hourly@latest"]);
+    assert!(page.contains("5 member backup(s)"), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_without_an_agent_and_an_unmounted_claim_are_reported_not_hidden() {
     let mut shop = Shop::new(0).await;
     shop.nodes[0].start(&shop.env); // node-b has no agent
+    shop.nodes[0].started(&shop.env);
     shop.cluster.ok(&["delete", "pod", "-n", "shop", "pg-0"]);
     let (out, set, _) = shop.backup(&["--agent-timeout", "2"]);
     assert_eq!(out.status.code(), Some(8), "{set:#}");

@@ -160,3 +160,52 @@ async fn unreachable_catalog_fails_with_exit_4_and_no_password() {
     assert!(stderr.contains("hint:"), "{stderr}");
     harness::assert_no_secret(&format!("{stdout}{stderr}"), &["pw-never-shown"]);
 }
+
+/// Processes that start together (a node agent on every node, server
+/// replicas) register the repository at once: none may fail on another's
+/// row. (They did: a conflict on the location index was not absorbed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_starting_together_all_register_the_repository() {
+    let db = harness::database().await;
+    let catalog = Catalog::from_pool(db.pool.clone());
+    catalog.migrate().await.unwrap();
+    let config = |id: uuid::Uuid| -> drctl::repo::RepoConfig {
+        serde_json::from_value(serde_json::json!({
+            "format_version": drctl::REPOSITORY_FORMAT_VERSION,
+            "id": id,
+            "created_at": "2026-12-01T00:00:00Z",
+            "chunker": {"algorithm": "fastcdc", "min": 1, "avg": 2, "max": 4, "block_chunk": 4},
+            "pack_size": 1,
+            "recipients": [],
+        }))
+        .unwrap()
+    };
+    for round in 0..20 {
+        let cfg = config(uuid::Uuid::new_v4());
+        let location = format!("file:///race/{round}");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, cfg, l) = (catalog.clone(), cfg.clone(), location.clone());
+                tokio::spawn(async move { c.ensure_repository(&cfg, &l).await })
+            })
+            .collect();
+        for t in tasks {
+            let id = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {}", e.report()));
+            assert_eq!(id, cfg.id);
+        }
+    }
+    // Another repository at a location taken is refused, and says why.
+    let err = catalog
+        .ensure_repository(&config(uuid::Uuid::new_v4()), "file:///race/0")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), drctl::ErrorKind::Config);
+    assert!(
+        err.what().contains("another repository"),
+        "{}",
+        err.report()
+    );
+}

@@ -262,14 +262,29 @@ async fn wait(
         catalog.reap_jobs(repo_id).await?;
         let now = Utc::now();
         let rows = catalog.node_jobs(jobs).await?;
+        // An agent is alive while it works this set's jobs: a node's queue
+        // is worked one job at a time, so a job waits for the agent's last
+        // sign of life, not for its own turn.
+        let mut alive: std::collections::HashMap<&str, chrono::DateTime<Utc>> = Default::default();
+        for j in &rows {
+            let seen = if j.state == "running" {
+                Some(now)
+            } else {
+                j.finished_at.or(j.started_at)
+            };
+            if let Some(t) = seen {
+                let e = alive.entry(j.node.as_str()).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
         let mut open = 0;
         for j in &rows {
             match j.state.as_str() {
                 "queued" => {
                     open += 1;
-                    // Queued since it was (re)queued: a retried job waits
-                    // for an agent again.
-                    let since = j.started_at.unwrap_or(j.queued_at);
+                    let since = alive
+                        .get(j.node.as_str())
+                        .map_or(j.queued_at, |t| (*t).max(j.queued_at));
                     let waited = (now - since).to_std().unwrap_or_default();
                     if waited > opts.agent_timeout {
                         let why = format!(

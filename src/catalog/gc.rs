@@ -75,12 +75,16 @@ impl Catalog {
                  within 5 minutes of its last heartbeat and can be deleted then",
             ));
         }
-        sqlx::query("UPDATE backups SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-            .bind(row.id)
-            .execute(self.pool())
-            .bounded()
-            .await
-            .map_err(query_error)?;
+        // A set goes with its members.
+        sqlx::query(
+            "UPDATE backups SET deleted_at = now() \
+             WHERE (id = $1 OR set_id = $1) AND deleted_at IS NULL",
+        )
+        .bind(row.id)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
         Ok(row)
     }
 

@@ -19,6 +19,7 @@ pub struct NodeJob {
     pub attempt: i32,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
     pub backup_id: Option<Uuid>,
     pub params: serde_json::Value,
 }
@@ -93,7 +94,8 @@ impl Catalog {
     /// The volume jobs of `ids`, as they stand.
     pub async fn node_jobs(&self, ids: &[Uuid]) -> Result<Vec<NodeJob>> {
         let rows = sqlx::query(
-            "SELECT id, node, state, reason, attempt, queued_at, started_at, backup_id, params \
+            "SELECT id, node, state, reason, attempt, queued_at, started_at, finished_at, \
+               backup_id, params \
              FROM jobs WHERE id = ANY($1) ORDER BY queued_at, id",
         )
         .bind(ids)
@@ -111,6 +113,7 @@ impl Catalog {
                 attempt: r.get("attempt"),
                 queued_at: r.get("queued_at"),
                 started_at: r.get("started_at"),
+                finished_at: r.get("finished_at"),
                 backup_id: r.get("backup_id"),
                 params: r.get("params"),
             })

@@ -15,9 +15,12 @@ use crate::store::ObjectMeta;
 impl Catalog {
     /// Registers the repository (idempotent) and returns its id.
     pub async fn ensure_repository(&self, config: &RepoConfig, location: &str) -> Result<Uuid> {
+        // Any conflict, not only on the id: processes starting together
+        // (agents, replicas) insert the same row at once, and a conflict
+        // on the location index is then the other's row, not an error.
         sqlx::query(
             "INSERT INTO repositories (id, location, format_version) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(config.id)
         .bind(location)
@@ -26,6 +29,25 @@ impl Catalog {
         .bounded()
         .await
         .map_err(query_error)?;
+        let known: Option<Uuid> = sqlx::query_scalar("SELECT id FROM repositories WHERE id = $1")
+            .bind(config.id)
+            .fetch_optional(self.pool())
+            .bounded()
+            .await
+            .map_err(query_error)?;
+        if known.is_none() {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::Config,
+                format!(
+                    "the catalog records another repository at {location} (not {})",
+                    config.id
+                ),
+            )
+            .with_guidance(
+                "the bucket was initialised again under the same location; point catalog.url at \
+                 this repository's catalog, or rebuild one from the bucket (`drctl catalog rebuild`)",
+            ));
+        }
         Ok(config.id)
     }
 

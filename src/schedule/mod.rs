@@ -93,6 +93,22 @@ pub enum SourceSpec {
     },
     /// A directory on the machine the server runs on.
     Volume { path: std::path::PathBuf },
+    /// Namespaces with their data: a set of the resources and one volume
+    /// backup per claim, each by the agent of its node (docs/agent.md).
+    Namespaces {
+        include_namespaces: Vec<String>,
+        #[serde(default)]
+        exclude_namespaces: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selector: Option<String>,
+        /// A claim's job waits this long for its node's agent.
+        #[serde(default = "default_agent_timeout")]
+        agent_timeout_seconds: u64,
+    },
+}
+
+fn default_agent_timeout() -> u64 {
+    60
 }
 
 impl SourceSpec {
@@ -101,31 +117,51 @@ impl SourceSpec {
             SourceSpec::Etcd {} => "etcd",
             SourceSpec::Resources { .. } => "resources",
             SourceSpec::Volume { .. } => "volume",
+            SourceSpec::Namespaces { .. } => "namespaces",
         }
     }
 
-    /// A resources source's scope, as `drctl backup resources` builds it
-    /// from its flags; `None` for the other sources.
+    /// A resources or namespaces source's scope, as `drctl backup
+    /// resources` builds it from its flags; `None` for the other sources.
     pub fn scope(&self) -> Result<Option<crate::resources::scope::Scope>> {
-        let SourceSpec::Resources {
-            include_namespaces,
-            exclude_namespaces,
-            include_resources,
-            exclude_resources,
-            selector,
-        } = self
-        else {
-            return Ok(None);
+        let flags = match self {
+            SourceSpec::Resources {
+                include_namespaces,
+                exclude_namespaces,
+                include_resources,
+                exclude_resources,
+                selector,
+            } => crate::resources::scope::ScopeFlags {
+                include_namespaces: include_namespaces.clone(),
+                exclude_namespaces: exclude_namespaces.clone(),
+                include_resources: include_resources.clone(),
+                exclude_resources: exclude_resources.clone(),
+                selector: selector.clone(),
+                cluster_resources: None,
+            },
+            SourceSpec::Namespaces {
+                include_namespaces,
+                exclude_namespaces,
+                selector,
+                ..
+            } => {
+                if include_namespaces.is_empty() {
+                    return Err(Error::config(
+                        "a namespaces source needs include_namespaces",
+                    ));
+                }
+                crate::resources::scope::ScopeFlags {
+                    include_namespaces: include_namespaces.clone(),
+                    exclude_namespaces: exclude_namespaces.clone(),
+                    include_resources: Vec::new(),
+                    exclude_resources: Vec::new(),
+                    selector: selector.clone(),
+                    cluster_resources: None,
+                }
+            }
+            _ => return Ok(None),
         };
-        crate::resources::scope::Scope::new(&crate::resources::scope::ScopeFlags {
-            include_namespaces: include_namespaces.clone(),
-            exclude_namespaces: exclude_namespaces.clone(),
-            include_resources: include_resources.clone(),
-            exclude_resources: exclude_resources.clone(),
-            selector: selector.clone(),
-            cluster_resources: None,
-        })
-        .map(Some)
+        crate::resources::scope::Scope::new(&flags).map(Some)
     }
 }
 

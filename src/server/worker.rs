@@ -234,6 +234,35 @@ async fn backup(shared: &Shared, spec: &ScheduleSpec) -> Result<Outcome> {
                 .await?;
             (s.backup_id, s.status.clone(), serde_json::to_value(&s))
         }
+        SourceSpec::Namespaces {
+            agent_timeout_seconds,
+            ..
+        } => {
+            let scope = spec
+                .source
+                .scope()?
+                .expect("a namespaces source has a scope");
+            let cluster = crate::cluster::Cluster::connect(&crate::cluster::ConnectOptions {
+                kubeconfig: config.kubernetes.kubeconfig.clone(),
+                context: None,
+            })
+            .await?;
+            let s = crate::backup::backup_namespaces(
+                shared.repo.clone(),
+                &config,
+                &shared.catalog,
+                &cluster,
+                &scope,
+                &spec.name,
+                crate::backup::SetOptions {
+                    agent_timeout: std::time::Duration::from_secs(*agent_timeout_seconds),
+                    timeout: std::time::Duration::from_secs(6 * 3600),
+                    retain_until: lock_until(&config, spec),
+                },
+            )
+            .await?;
+            (s.backup_id, s.status.clone(), serde_json::to_value(&s))
+        }
         SourceSpec::Resources { .. } => {
             let scope = spec
                 .source
@@ -305,15 +334,29 @@ pub async fn apply_retention(
         if row.retain_until.is_some_and(|r| r >= until) {
             continue;
         }
-        let mut keys = shared.catalog.backup_pack_keys(row.id).await?;
-        keys.extend(row.manifest_key.clone());
+        // A set is kept with its members: their packs and manifests too.
+        let mut kept = vec![(row.id, row.manifest_key.clone())];
+        if row.kind == "namespaces" {
+            for m in shared.catalog.set_members(row.id).await? {
+                kept.push((m.id, m.manifest_key));
+            }
+        }
+        let mut keys = Vec::new();
+        for (id, manifest) in &kept {
+            keys.extend(shared.catalog.backup_pack_keys(*id).await?);
+            keys.extend(manifest.clone());
+        }
+        keys.sort();
+        keys.dedup();
         crate::backup::extend_locks(&shared.repo, &shared.catalog, shared.repo_id, &keys, until)
             .await
             .inspect_err(|_| shared.metrics.lock_extend_failed())?;
-        shared
-            .catalog
-            .set_retain_until(row.id, v.keep_until.map(|_| until))
-            .await?;
+        for (id, _) in &kept {
+            shared
+                .catalog
+                .set_retain_until(*id, v.keep_until.map(|_| until))
+                .await?;
+        }
         tracing::info!(backup = %row.id, until = %until, reason = ?v.reasons, "backup kept: locks extended");
     }
     Ok(plan)
