@@ -356,6 +356,33 @@ async fn a_namespace_is_backed_up_with_its_volumes_by_the_agents_of_their_nodes(
     let sets = shop.env.json(&["backup", "list", "--kind", "namespaces"]);
     assert_eq!(sets.as_array().unwrap().len(), 1);
     assert_eq!(sets[0]["status"], "complete");
+
+    // A drill of the set drills every member: the resources into a
+    // scratch namespace, each claim's data (the raw block one too).
+    let (o, report, stderr) = run(shop
+        .env
+        .cmd(&["drill", "run", "shop@latest", "-o", "json", "--identity"])
+        .arg(&shop.env.identity));
+    assert!(o.status.success(), "{report}\n{stderr}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["verdict"], "passed", "{report:#}");
+    assert_eq!(report["backups"].as_array().unwrap().len(), 5, "{report:#}");
+    let digests = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "file_digests" && c["status"] == "passed")
+        .count();
+    assert_eq!(digests, 4, "{report:#}");
+    let listed = shop.env.json(&["backup", "list", "--kind", "volume"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["verified_by"] == report["drill_id"]),
+        "{listed:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

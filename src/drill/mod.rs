@@ -130,8 +130,9 @@ impl Stopwatch {
 }
 
 /// A backup chosen and opened.
-pub(crate) struct Target<'s> {
-    pub spec: &'s TargetSpec,
+pub(crate) struct Target {
+    /// For a volume backup: the probe its target names.
+    pub probe: Option<Probe>,
     pub row: BackupRow,
     pub manifest: Manifest,
     pub under_test: BackupUnderTest,
@@ -248,7 +249,7 @@ pub fn run(env: &Env, spec: &DrillSpec) -> Result<Report> {
     for t in &spec.targets {
         (env.say)(&format!("plan: {}", t.backup));
         match plan_target(env, spec, t) {
-            Ok(target) => targets.push(target),
+            Ok(planned) => targets.extend(planned),
             Err(e) => {
                 plan_failure.get_or_insert(Failure {
                     stage: "plan".into(),
@@ -390,7 +391,7 @@ pub fn run(env: &Env, spec: &DrillSpec) -> Result<Report> {
             want.unwrap_or_default()
         ),
     });
-    let all = spec.targets.len();
+    let all = targets.len();
     let verdict = if failure.is_none() && breach.is_none() && passed_targets == all {
         Verdict::Passed
     } else if !restore_failed && breach.is_none() && passed_targets > 0 {
@@ -508,7 +509,10 @@ pub fn verdict_error(report: &Report) -> Option<Error> {
 }
 
 /// Chooses and opens the backup a target names.
-fn plan_target<'s>(env: &Env, spec: &DrillSpec, t: &'s TargetSpec) -> Result<Target<'s>> {
+/// The backups a target names, opened: one, or a namespace set's members
+/// (its resources and every claim's volume; a probe applies to none of
+/// them, since it names no claim).
+fn plan_target(env: &Env, spec: &DrillSpec, t: &TargetSpec) -> Result<Vec<Target>> {
     let given = t.backup.trim();
     // `NAME@latest`, `NAME@TIME` or an id: that backup. A plain name: the
     // one `pick` chooses among that name's backups.
@@ -537,6 +541,25 @@ fn plan_target<'s>(env: &Env, spec: &DrillSpec, t: &'s TargetSpec) -> Result<Tar
             }
         }
     };
+    if row.kind == "namespaces" {
+        let members = env.handle.block_on(env.catalog.set_members(row.id))?;
+        if row.status != "complete" {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("set {} is {}, not complete", row.id, row.status),
+            )
+            .with_guidance("drill a complete set, or its members one by one with --backup"));
+        }
+        return members
+            .into_iter()
+            .map(|m| open_target(env, m, None))
+            .collect();
+    }
+    Ok(vec![open_target(env, row, t.probe.clone())?])
+}
+
+/// Opens backup `row` for a drill.
+fn open_target(env: &Env, row: BackupRow, probe: Option<Probe>) -> Result<Target> {
     if row.status != "complete" {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -565,7 +588,7 @@ fn plan_target<'s>(env: &Env, spec: &DrillSpec, t: &'s TargetSpec) -> Result<Tar
         objects: 0,
     };
     Ok(Target {
-        spec: t,
+        probe,
         row,
         manifest,
         under_test,

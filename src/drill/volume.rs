@@ -101,7 +101,7 @@ pub(super) fn drill(env: &Env, t: &Target, dir: &Path, watch: &mut Stopwatch, ou
         watch.lap(Phase::Checks);
     }
 
-    if let Some(probe) = &t.spec.probe
+    if let Some(probe) = &t.probe
         && out.wants(t, "probe")
     {
         let began = Instant::now();
