@@ -57,9 +57,8 @@ macro_rules! job_columns {
          lease_owner, lease_generation, queued_at, started_at, finished_at, backup_id, result"
     };
 }
-pub(super) use job_columns;
 
-pub(super) fn job_row(r: &sqlx::postgres::PgRow) -> JobRow {
+fn job_row(r: &sqlx::postgres::PgRow) -> JobRow {
     JobRow {
         id: r.get("id"),
         kind: r.get("kind"),
@@ -522,6 +521,19 @@ impl Catalog {
         kinds: &[&str],
         ttl: std::time::Duration,
     ) -> Result<Option<Claim>> {
+        self.claim_job_on(repo, owner, kinds, None, ttl).await
+    }
+
+    /// Claims the oldest queued job of `kinds` (for `node`'s agent, when
+    /// given: only that node's jobs), for `ttl`.
+    pub async fn claim_job_on(
+        &self,
+        repo: Uuid,
+        owner: &str,
+        kinds: &[&str],
+        node: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Claim>> {
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         let r = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = $2, \
@@ -529,7 +541,8 @@ impl Catalog {
                lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(), \
                started_at = now(), reason = NULL \
              WHERE id = (SELECT id FROM jobs WHERE repository_id = $1 AND state = 'queued' \
-               AND kind = ANY($3) ORDER BY queued_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
+               AND kind = ANY($3) AND ($5::text IS NULL OR node = $5) \
+               ORDER BY queued_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
              RETURNING ",
             job_columns!(),
             ""
@@ -538,6 +551,7 @@ impl Catalog {
         .bind(owner)
         .bind(&kinds)
         .bind(ttl.as_secs_f64())
+        .bind(node)
         .fetch_optional(self.pool())
         .bounded()
         .await

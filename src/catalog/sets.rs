@@ -60,35 +60,19 @@ impl Catalog {
         node: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<(Claim, serde_json::Value)>> {
-        let r = sqlx::query(concat!(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = $2, \
-               lease_generation = lease_generation + 1, \
-               lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(), \
-               started_at = now(), reason = NULL \
-             WHERE id = (SELECT id FROM jobs WHERE repository_id = $1 AND state = 'queued' \
-               AND kind = 'volume' AND node = $3 ORDER BY queued_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
-             RETURNING params, ",
-            super::jobs::job_columns!()
-        ))
-        .bind(repo)
-        .bind(owner)
-        .bind(node)
-        .bind(ttl.as_secs_f64())
-        .fetch_optional(self.pool())
-        .bounded()
-        .await
-        .map_err(query_error)?;
-        Ok(r.map(|r| {
-            let job = super::jobs::job_row(&r);
-            (
-                Claim {
-                    generation: job.lease_generation,
-                    owner: owner.to_string(),
-                    job,
-                },
-                r.get("params"),
-            )
-        }))
+        let Some(claim) = self
+            .claim_job_on(repo, owner, &["volume"], Some(node), ttl)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let params = sqlx::query_scalar("SELECT params FROM jobs WHERE id = $1")
+            .bind(claim.job.id)
+            .fetch_one(self.pool())
+            .bounded()
+            .await
+            .map_err(query_error)?;
+        Ok(Some((claim, params)))
     }
 
     /// The volume jobs of `ids`, as they stand.

@@ -71,26 +71,7 @@ impl AgentArgs {
             config: Arc::new(loaded.config),
             cluster,
         };
-        let stop = tokio_util::sync::CancellationToken::new();
-        let signals = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                tracing::info!("stopping: no new volume jobs are claimed");
-                stop.cancel();
-            })
-        };
-        let r = crate::agent::run(agent, stop).await;
-        signals.abort();
-        r
+        let stop = super::stop_on_signal();
+        crate::agent::run(agent, stop).await
     }
 }

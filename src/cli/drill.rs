@@ -363,27 +363,8 @@ impl WorkerArgs {
                 std::process::id()
             ),
         });
-        let stop = tokio_util::sync::CancellationToken::new();
-        let signals = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                tracing::info!("stopping: no new drills are claimed");
-                stop.cancel();
-            })
-        };
-        let r = drill::worker::work(worker, stop).await;
-        signals.abort();
-        r
+        let stop = super::stop_on_signal();
+        drill::worker::work(worker, stop).await
     }
 }
 

@@ -257,6 +257,29 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
     }
 }
 
+/// A token cancelled on the first SIGTERM or SIGINT: the long-running
+/// roles (the drill worker, the agent) stop claiming work then, and let
+/// what runs finish or be given back by its lease.
+fn stop_on_signal() -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        tracing::info!("stopping: no new work is claimed");
+        cancel.cancel();
+    });
+    stop
+}
+
 /// Runs blocking work (restore, verify) without stalling the runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
