@@ -152,8 +152,10 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
         p.pointer("/metadata/uid").and_then(Value::as_str) == Some(job.pod_uid.as_str())
             && p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(agent.node.as_str())
     };
-    match &pod {
-        Ok(p) if here(p) => {}
+    match pod {
+        Ok(p) if here(&p) => {}
+        // The API down is not the pod gone.
+        Err(e) if e.kind() == ErrorKind::Unavailable => return Err(e),
         _ => {
             return Err(Error::new(
                 ErrorKind::Unavailable,
