@@ -43,15 +43,7 @@ impl AgentArgs {
         let catalog = ctx.catalog(&loaded).await?;
         let cluster = self.cluster.connect(&loaded.config).await?;
         // A writer: recipients and the repository secret, never the identity.
-        let config = loaded.config.clone();
-        let identity = ctx.identity.clone();
-        let repo = tokio::task::spawn_blocking(move || {
-            super::open_repo(&config, identity.as_deref(), true)
-        })
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Failed, "opening the repository panicked").with_source(e)
-        })??;
+        let repo = super::open_writer(&loaded.config, ctx.identity.clone()).await?;
         let repo_id = catalog
             .ensure_repository(&repo.config, &repo.store.location())
             .await?;

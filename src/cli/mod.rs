@@ -375,19 +375,11 @@ fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Re
         }
     };
     // A reader with a secret file too checks the stored secret against it.
-    let secret = match &enc.repository_secret_file {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| {
-                Error::config(format!("cannot read the repository secret {}", p.display()))
-                    .with_source(e)
-            })?;
-            Some(RepoSecret::from_json(&bytes).map_err(|_| {
-                Error::config(format!("{} is not a drctl repository secret", p.display()))
-                    .with_guidance("use the file `drctl repo init --secret-file` wrote")
-            })?)
-        }
-        _ => None,
-    };
+    let secret = enc
+        .repository_secret_file
+        .as_deref()
+        .map(RepoSecret::from_file)
+        .transpose()?;
     let recipients = if write {
         Some(Recipients::parse(&enc.recipients)?)
     } else {
@@ -402,6 +394,18 @@ fn open_repo(config: &Config, identity: Option<&Path>, write: bool) -> Result<Re
         },
         enc.repository_fingerprint.as_deref(),
     )
+}
+
+/// The repository as a writer opens it (recipients and the repository
+/// secret, never the identity), off the runtime's threads: the long-running
+/// roles that write (`server`, `agent`) start with it.
+async fn open_writer(config: &Config, identity: Option<PathBuf>) -> Result<Repository> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || open_repo(&config, identity.as_deref(), true))
+        .await
+        .map_err(|e| {
+            Error::new(crate::ErrorKind::Failed, "opening the repository panicked").with_source(e)
+        })?
 }
 
 /// The log filter: `DRCTL_LOG` when set, else by `-v`. Whatever either

@@ -4,7 +4,7 @@ use chrono::Utc;
 use clap::{Args, Subcommand};
 
 use super::{Context, Out};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::server::views;
 
 #[derive(Debug, Args)]
@@ -23,16 +23,8 @@ impl ServerArgs {
         }
         // The server applies pending migrations itself: no require_current.
         let catalog = Context::connect_catalog(&loaded).await?;
-        let config = loaded.config.clone();
         // A writer: `--identity` is refused, encryption.identity_file ignored.
-        let identity = ctx.identity.clone();
-        let repo = tokio::task::spawn_blocking(move || {
-            super::open_repo(&config, identity.as_deref(), true)
-        })
-        .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Failed, "opening the repository panicked").with_source(e)
-        })??;
+        let repo = super::open_writer(&loaded.config, ctx.identity.clone()).await?;
         crate::server::run(loaded, catalog, repo).await
     }
 }

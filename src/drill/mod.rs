@@ -25,7 +25,7 @@ pub mod spec;
 mod volume;
 pub mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -769,10 +769,11 @@ pub fn open_repository(
 ) -> Result<(Repository, Arc<Timed>)> {
     let timed = Arc::new(Timed::new(store));
     let enc = &config.encryption;
-    let secret = match &enc.repository_secret_file {
-        Some(p) => Some(read_secret(p)?),
-        None => None,
-    };
+    let secret = enc
+        .repository_secret_file
+        .as_deref()
+        .map(crate::repo::RepoSecret::from_file)
+        .transpose()?;
     let repo = Repository::open(
         timed.clone(),
         crate::repo::Keys {
@@ -783,16 +784,6 @@ pub fn open_repository(
         enc.repository_fingerprint.as_deref(),
     )?;
     Ok((repo, timed))
-}
-
-fn read_secret(p: &PathBuf) -> Result<crate::repo::RepoSecret> {
-    let bytes = std::fs::read(p).map_err(|e| {
-        Error::config(format!("cannot read the repository secret {}", p.display())).with_source(e)
-    })?;
-    crate::repo::RepoSecret::from_json(&bytes).map_err(|_| {
-        Error::config(format!("{} is not a drctl repository secret", p.display()))
-            .with_guidance("use the file `drctl repo init --secret-file` wrote")
-    })
 }
 
 #[cfg(test)]

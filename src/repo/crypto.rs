@@ -119,6 +119,21 @@ impl RepoSecret {
         serde_json::to_vec_pretty(self).expect("secret serialises")
     }
 
+    /// The secret in the file `drctl repo init --secret-file` wrote.
+    pub fn from_file(p: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(p).map_err(|e| {
+            crate::error::Error::config(format!(
+                "cannot read the repository secret {}",
+                p.display()
+            ))
+            .with_source(e)
+        })?;
+        Self::from_json(&bytes).map_err(|_| {
+            crate::error::Error::config(format!("{} is not a drctl repository secret", p.display()))
+                .with_guidance("use the file `drctl repo init --secret-file` wrote")
+        })
+    }
+
     pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
