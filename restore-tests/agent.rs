@@ -517,3 +517,480 @@ async fn a_node_without_an_agent_and_an_unmounted_claim_are_reported_not_hidden(
     assert!(reason("shop/pgdata").contains("no running pod mounts it"));
     assert_eq!(member(&set, "shop/data-db-0")["status"], "complete");
 }
+
+/// The kubelet's and a volume provisioner's part for restores: a claim
+/// marked for a node (`volume.kubernetes.io/selected-node`, as the
+/// scheduler marks a WaitForFirstConsumer claim) gets a new CSI volume
+/// `pvc-<uid>`; a pod on a simulated node whose claims are bound gets
+/// their mounts laid out by the kubelet's rules (docs/agent.md) and
+/// becomes Running. The mount of each helper pod is recorded by claim.
+struct Kubelet {
+    mounts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(cluster: &Cluster, nodes: &[Node]) -> Kubelet {
+        use std::sync::atomic::Ordering;
+        let addr = cluster.running.addr;
+        let roots: Vec<(String, PathBuf)> = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.root.path().to_path_buf()))
+            .collect();
+        let mounts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+            Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, s) = (mounts.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                kubelet_round(addr, &roots, &m).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Kubelet {
+            mounts,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    fn mount(&self, claim: &str) -> PathBuf {
+        self.mounts
+            .lock()
+            .unwrap()
+            .get(claim)
+            .cloned()
+            .unwrap_or_else(|| panic!("no helper pod mounted {claim}"))
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn api(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &Value,
+) -> Value {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (_, text) = crate::apiserver::raw_request(addr, method, path, ct, &body).await;
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn kubelet_round(
+    addr: std::net::SocketAddr,
+    roots: &[(String, PathBuf)],
+    mounts: &std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+) {
+    const MERGE: &str = "application/merge-patch+json";
+    let claims = items(
+        &api(
+            addr,
+            "GET",
+            "/api/v1/persistentvolumeclaims",
+            "",
+            &Value::Null,
+        )
+        .await,
+    );
+    // The provisioner: a volume where the claim's first consumer runs.
+    for c in &claims {
+        let selected = c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].as_str();
+        if c["spec"]["volumeName"].is_string() || selected.is_none() {
+            continue;
+        }
+        let (ns, name, uid) = (
+            c["metadata"]["namespace"].as_str().unwrap(),
+            c["metadata"]["name"].as_str().unwrap(),
+            c["metadata"]["uid"].as_str().unwrap(),
+        );
+        let pv = format!("pvc-{uid}");
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": c["spec"]["resources"]["requests"]["storage"]},
+                "accessModes": c["spec"]["accessModes"],
+                "volumeMode": c["spec"]["volumeMode"].as_str().unwrap_or("Filesystem"),
+                "storageClassName": c["spec"]["storageClassName"],
+                "csi": {"driver": "disk.csi.example.com", "volumeHandle": pv},
+                "claimRef": {"namespace": ns, "name": name, "uid": uid}}});
+        api(
+            addr,
+            "POST",
+            "/api/v1/persistentvolumes",
+            "application/json",
+            &body,
+        )
+        .await;
+        let bind = serde_json::json!({"spec": {"volumeName": pv}});
+        api(
+            addr,
+            "PATCH",
+            &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"),
+            MERGE,
+            &bind,
+        )
+        .await;
+    }
+    // The kubelet: mounts, then Running.
+    let pods = items(&api(addr, "GET", "/api/v1/pods", "", &Value::Null).await);
+    'pods: for p in pods {
+        let Some((_, root)) = roots
+            .iter()
+            .find(|(n, _)| p["spec"]["nodeName"].as_str() == Some(n))
+        else {
+            continue;
+        };
+        if p["status"]["phase"] == "Running" {
+            continue;
+        }
+        let (ns, name, uid) = (
+            p["metadata"]["namespace"].as_str().unwrap(),
+            p["metadata"]["name"].as_str().unwrap(),
+            p["metadata"]["uid"].as_str().unwrap(),
+        );
+        let mut laid = Vec::new();
+        for v in p["spec"]["volumes"].as_array().cloned().unwrap_or_default() {
+            let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else {
+                continue;
+            };
+            let pvc = claims
+                .iter()
+                .find(|c| c["metadata"]["namespace"] == ns && c["metadata"]["name"] == claim);
+            let Some(pv) = pvc.and_then(|c| c["spec"]["volumeName"].as_str()) else {
+                continue 'pods; // not bound yet: the kubelet waits
+            };
+            let block = pvc.unwrap()["spec"]["volumeMode"] == "Block";
+            let path = if block {
+                let dir = root
+                    .join("pods")
+                    .join(uid)
+                    .join("volumeDevices/kubernetes.io~csi");
+                std::fs::create_dir_all(&dir).unwrap();
+                let dev = dir.join(pv);
+                // What is there is the volume's: never truncated.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&dev)
+                    .unwrap();
+                dev
+            } else {
+                let dir = root
+                    .join("pods")
+                    .join(uid)
+                    .join("volumes/kubernetes.io~csi")
+                    .join(pv)
+                    .join("mount");
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            };
+            laid.push((format!("{ns}/{claim}"), path));
+        }
+        if name.starts_with("drctl-restore-") {
+            mounts.lock().unwrap().extend(laid);
+        }
+        let running = serde_json::json!({"status": {"phase": "Running"}});
+        api(
+            addr,
+            "PATCH",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+            MERGE,
+            &running,
+        )
+        .await;
+    }
+}
+
+/// Watches namespace `ns` while a set restores into it: every time a
+/// workload (a Deployment, StatefulSet or Pod other than a helper) is
+/// there, every volume restore into `ns` must have succeeded already.
+/// Returns (rounds that saw workloads, what was seen too early).
+fn watch_order(
+    cluster: &Cluster,
+    db: sqlx::PgPool,
+    ns: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    let addr = cluster.running.addr;
+    let ns = ns.to_string();
+    tokio::spawn(async move {
+        let (mut seen, mut early) = (0, Vec::new());
+        // A last round after `stop`: the restore has applied its workloads.
+        loop {
+            let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let mut workloads = Vec::new();
+            for path in [
+                format!("/apis/apps/v1/namespaces/{ns}/deployments"),
+                format!("/apis/apps/v1/namespaces/{ns}/statefulsets"),
+                format!("/api/v1/namespaces/{ns}/pods"),
+            ] {
+                for o in items(&api(addr, "GET", &path, "", &Value::Null).await) {
+                    let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    if !name.starts_with("drctl-restore-") {
+                        workloads.push(name);
+                    }
+                }
+            }
+            if !workloads.is_empty() {
+                seen += 1;
+                let (done, open): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE state = 'succeeded'), \
+                       count(*) FILTER (WHERE state <> 'succeeded') \
+                     FROM jobs WHERE kind = 'volume-restore' AND schedule LIKE '%/' || $1 || '/%'",
+                )
+                .bind(&ns)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                if done < 4 || open > 0 {
+                    early.push(format!(
+                        "{workloads:?} present with {done} volume restore(s) done, {open} not"
+                    ));
+                }
+            }
+            if last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        (seen, early)
+    })
+}
+
+impl Shop {
+    fn restore(&self, extra: &[&str]) -> (std::process::Output, Value, String) {
+        let mut cmd = self
+            .env
+            .cmd(&["restore", "namespaces", "shop@latest", "-o", "json"]);
+        cmd.args(extra).arg("--identity").arg(&self.env.identity);
+        let (out, stdout, stderr) = run(&mut cmd);
+        let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON from restore namespaces ({e}):\n{stdout}\n{stderr}\n{}",
+                self.logs()
+            )
+        });
+        (out, v, stderr)
+    }
+
+    /// Each claim's data, as the helper pods of namespace `ns` got it, is
+    /// what the nodes had when the set was taken.
+    fn assert_restored(&self, kubelet: &Kubelet, ns: &str) {
+        for (claim, src) in &self.data {
+            let dst = kubelet.mount(&claim.replacen("shop/", &format!("{ns}/"), 1));
+            if claim.ends_with("raw") {
+                assert!(
+                    std::fs::read(src).unwrap() == std::fs::read(&dst).unwrap(),
+                    "{claim}: the raw block volume differs"
+                );
+            } else {
+                crate::tree::assert_same(src, &dst);
+            }
+        }
+    }
+}
+
+fn claim_step<'a>(report: &'a Value, claim: &str) -> &'a Value {
+    report["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"] == claim)
+        .unwrap_or_else(|| panic!("no claim {claim} in {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut shop = Shop::new(0).await;
+    shop.start_agents();
+    let (out, set, stderr) = shop.backup(&[]);
+    assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
+    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes);
+
+    // A copy beside the original, which keeps running.
+    let mapped = ["--namespace-mapping", "shop=shop-copy"];
+    let plan = {
+        let mut args = mapped.to_vec();
+        args.push("--dry-run");
+        let (out, plan, stderr) = shop.restore(&args);
+        assert!(out.status.success(), "{plan:#}\n{stderr}");
+        plan
+    };
+    assert_eq!(plan["dry_run"], true);
+    for (claim, node) in [
+        ("shop-copy/data-db-0", "node-a"),
+        ("shop-copy/data-db-1", "node-b"),
+        ("shop-copy/pgdata", "node-a"),
+        ("shop-copy/raw", "node-b"),
+    ] {
+        let c = claim_step(&plan, claim);
+        assert_eq!(c["action"], "restore", "{c:#}");
+        assert_eq!(c["node"], node, "{c:#}");
+        assert!(
+            c["helper_pod"]
+                .as_str()
+                .unwrap()
+                .starts_with("drctl-restore-")
+        );
+    }
+    let pv = plan["resources"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "PersistentVolume")
+        .unwrap();
+    assert_eq!(pv["action"], "skip", "{pv:#}");
+    let text = shop.cluster.ok(&["get", "namespaces"]);
+    assert!(
+        !text.contains("shop-copy"),
+        "a dry run changed nothing: {text}"
+    );
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let order = watch_order(
+        &shop.cluster,
+        shop.env.db.pool.clone(),
+        "shop-copy",
+        stop.clone(),
+    );
+    let (out, report, stderr) = shop.restore(&mapped);
+    stop.store(true, Ordering::Relaxed);
+    let (seen, early) = order.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{report:#}\n{stderr}\n{}",
+        shop.logs()
+    );
+    for c in report["claims"].as_array().unwrap() {
+        assert_eq!(c["outcome"], "restored", "{c:#}");
+    }
+    shop.assert_restored(&kubelet, "shop-copy");
+    assert!(early.is_empty(), "workloads before their data: {early:#?}");
+    assert!(seen > 0, "the watch never saw the restored workloads");
+    let copy = shop
+        .cluster
+        .json(&["get", "deployments,statefulsets,pods", "-n", "shop-copy"]);
+    let names: Vec<&str> = copy["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    for want in ["web", "api", "db", "db-0", "pg-0", "raw-0"] {
+        assert!(names.contains(&want), "{want} not restored: {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("drctl-restore-")),
+        "helper pods left: {names:?}"
+    );
+    // The original is untouched: its claims keep their volumes.
+    let original = shop
+        .cluster
+        .json(&["get", "pvc", "data-db-0", "-n", "shop"]);
+    assert_eq!(original["spec"]["volumeName"], "pv-db-0");
+
+    // The namespace lost, the set restored in place.
+    shop.cluster.ok(&["delete", "namespace", "shop"]);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let order = watch_order(
+        &shop.cluster,
+        shop.env.db.pool.clone(),
+        "shop",
+        stop.clone(),
+    );
+    let (out, report, stderr) = shop.restore(&[]);
+    stop.store(true, Ordering::Relaxed);
+    let (seen, early) = order.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{report:#}\n{stderr}\n{}",
+        shop.logs()
+    );
+    assert_eq!(report["claims"].as_array().unwrap().len(), 4, "{report:#}");
+    shop.assert_restored(&kubelet, "shop");
+    assert!(early.is_empty(), "workloads before their data: {early:#?}");
+    assert!(seen > 0, "the watch never saw the restored workloads");
+    // The agents held grants, never the identity: nothing in their logs
+    // or the jobs' rows says otherwise.
+    let leftovers: (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM jobs WHERE key_offer IS NOT NULL OR key_grant IS NOT NULL",
+    )
+    .fetch_one(&shop.env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers.0, 0, "grants are cleared when their jobs end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() {
+    let mut shop = Shop::new(0).await;
+    shop.start_agents();
+    let (out, set, stderr) = shop.backup(&[]);
+    assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
+    shop.nodes[1].kill(); // node-b: data-db-1 and raw
+    let _kubelet = Kubelet::start(&shop.cluster, &shop.nodes);
+    let (out, report, stderr) =
+        shop.restore(&["--namespace-mapping", "shop=shop-b", "--agent-timeout", "3"]);
+    assert_eq!(out.status.code(), Some(8), "{report:#}\n{stderr}");
+    assert!(stderr.contains("were not restored"), "{stderr}");
+    let db1 = claim_step(&report, "shop-b/data-db-1");
+    assert_eq!(db1["outcome"], "failed");
+    assert!(
+        db1["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no drctl agent on node node-b"),
+        "{db1:#}"
+    );
+    assert_eq!(claim_step(&report, "shop-b/pgdata")["outcome"], "restored");
+    let step = |kind: &str, name: &str| {
+        report["resources"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind && s["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}: {report:#}"))
+            .clone()
+    };
+    // The StatefulSet whose second claim has no data, and the pod of the
+    // raw claim, would start on empty volumes: not applied, and said so.
+    for (kind, name) in [("StatefulSet", "db"), ("Pod", "raw-0"), ("Pod", "db-1")] {
+        let s = step(kind, name);
+        assert_eq!(s["outcome"], "failed", "{s:#}");
+        assert!(s["reason"].as_str().unwrap().contains("held back"), "{s:#}");
+    }
+    assert_eq!(step("Pod", "pg-0")["outcome"], "created");
+    assert_eq!(step("Deployment", "web")["outcome"], "created");
+    let there = shop
+        .cluster
+        .json(&["get", "statefulsets,pods", "-n", "shop-b"]);
+    let names: Vec<&str> = there["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"db") && !names.contains(&"raw-0"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"pg-0"), "{names:?}");
+}

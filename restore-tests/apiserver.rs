@@ -344,8 +344,18 @@ async fn request(
     content_type: &str,
     body: &str,
 ) -> (u16, String) {
+    raw_request(c.running.addr, method, path, content_type, body).await
+}
+
+/// A raw request to the server at `addr` (for tasks that outlive a borrow).
+pub(crate) async fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let addr = c.running.addr;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Authorization: Bearer {}\r\nContent-Type: {content_type}\r\n\

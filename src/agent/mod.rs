@@ -7,9 +7,12 @@
 //!
 //! It holds what a writer holds (recipients, the repository secret, the
 //! catalog) and reads the API (pods, claims, volumes) to check that the
-//! pod is still here and to find the volume's plugin.
+//! pod is still here and to find the volume's plugin. It also writes a
+//! claim's data back for a set restore (`restore`), with a grant for that
+//! one backup instead of the age identity.
 
 pub mod layout;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,7 +99,13 @@ async fn work(agent: &Agent, claim: Claim, params: Value, ttl: Duration) {
         }
     };
     let outcome = tokio::select! {
-        o = back_up(agent, &params) => o,
+        o = async {
+            if claim.job.kind == "volume-restore" {
+                restore::run(agent, &claim, &params).await
+            } else {
+                back_up(agent, &params).await
+            }
+        } => o,
         lost = beat => {
             tracing::error!(job = %claim.job.id, error = %lost, "volume job abandoned: its lease is gone");
             return;
@@ -131,15 +140,17 @@ async fn work(agent: &Agent, claim: Claim, params: Value, ttl: Duration) {
     }
 }
 
-async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)> {
-    let job: VolumeJob = serde_json::from_value(params.clone()).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("a volume job this agent cannot read: {e}"),
-        )
-        .with_guidance("run the same drctl version on every node and the server")
-    })?;
-    let (ns, claim) = (&job.namespace, &job.claim);
+/// Where the kubelet put claim `ns/claim` for pod `pod` (uid `pod_uid`) on
+/// this node: the data path, whether it is a raw block device, the claim
+/// and its volume's name. Errors when the pod is not that pod on this
+/// node any more, or the path is not where the layout says.
+async fn find_mount(
+    agent: &Agent,
+    ns: &str,
+    claim: &str,
+    pod_name: &str,
+    pod_uid: &str,
+) -> Result<(PathBuf, bool, Value, String)> {
     let get = |path: String| async move {
         match agent.cluster.try_get::<Value>(&path).await? {
             Ok(v) => Ok(v),
@@ -147,9 +158,9 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
         }
     };
     // The pod must still be the one the job was queued for, on this node.
-    let pod = get(format!("/api/v1/namespaces/{ns}/pods/{}", job.pod)).await;
+    let pod = get(format!("/api/v1/namespaces/{ns}/pods/{pod_name}")).await;
     let here = |p: &Value| {
-        p.pointer("/metadata/uid").and_then(Value::as_str) == Some(job.pod_uid.as_str())
+        p.pointer("/metadata/uid").and_then(Value::as_str) == Some(pod_uid)
             && p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(agent.node.as_str())
     };
     match pod {
@@ -160,14 +171,12 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
             return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "pod {ns}/{} (uid {}) that mounts claim {claim} is no longer on node {}: it \
-                     moved or was deleted after the backup was queued",
-                    job.pod, job.pod_uid, agent.node
+                    "pod {ns}/{pod_name} (uid {pod_uid}) that mounts claim {claim} is no longer \
+                     on node {}: it moved or was deleted after the job was queued",
+                    agent.node
                 ),
             )
-            .with_guidance(
-                "run the backup again: the claim is queued for the node that mounts it now",
-            ));
+            .with_guidance("run it again: the claim is queued for the node that mounts it now"));
         }
     }
     let pvc = get(format!(
@@ -189,7 +198,7 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
     let path = layout::data_path(
         &agent.kubelet_root,
         &agent.host_root,
-        &job.pod_uid,
+        pod_uid,
         &pv_name,
         &volume,
     );
@@ -203,9 +212,8 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
             ErrorKind::NotFound,
             format!(
                 "claim {ns}/{claim} (volume {pv_name}) is not at {}, where the kubelet lays out \
-                 pod {} on this node ({})",
+                 pod {pod_name} on this node ({})",
                 path.display(),
-                job.pod,
                 match found {
                     Ok(_) if block => "a directory, not a block device".to_string(),
                     Ok(_) => "not a directory".to_string(),
@@ -218,6 +226,23 @@ async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)>
              with HostToContainer propagation; docs/agent.md shows the layout",
         ));
     }
+    Ok((path, block, pvc, pv_name))
+}
+
+fn job_params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T> {
+    serde_json::from_value(params.clone()).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("a job this agent cannot read: {e}"),
+        )
+        .with_guidance("run the same drctl version on every node and the server")
+    })
+}
+
+async fn back_up(agent: &Agent, params: &Value) -> Result<(Uuid, String, Value)> {
+    let job: VolumeJob = job_params(params)?;
+    let (ns, claim) = (&job.namespace, &job.claim);
+    let (path, block, pvc, pv_name) = find_mount(agent, ns, claim, &job.pod, &job.pod_uid).await?;
     let source = if block {
         Source::Block(path.clone())
     } else {

@@ -130,12 +130,26 @@ pub async fn backup_namespaces(
             };
             let params = serde_json::to_value(&job).expect("jobs serialise");
             let id = catalog
-                .enqueue_node_job(repo_id, &pod.node, &format!("{set_id}/{key}"), &params)
+                .enqueue_node_job(
+                    repo_id,
+                    "volume",
+                    &pod.node,
+                    &format!("{set_id}/{key}"),
+                    &params,
+                )
                 .await?;
             tracing::info!(claim = %key, node = %pod.node, job = %id, "volume job queued");
             jobs.push(id);
         }
-        let done = wait(catalog, repo_id, &jobs, opts).await?;
+        let done = wait_node_jobs(
+            catalog,
+            repo_id,
+            &jobs,
+            opts.agent_timeout,
+            opts.timeout,
+            "backup",
+        )
+        .await?;
         for j in done {
             let claim = j
                 .params
@@ -247,17 +261,19 @@ pub async fn backup_namespaces(
     Ok(summary)
 }
 
-/// Waits for the volume jobs: gives up on one no agent claims within the
-/// agent timeout, gives back the jobs of agents that stopped renewing
-/// their leases (as the server's leader does), and stops at the set's
-/// timeout.
-async fn wait(
+/// Waits for the agents' jobs (a set's backups, `work` = "backup", or its
+/// restores): gives up on one no agent claims within `agent_timeout`,
+/// gives back the jobs of agents that stopped renewing their leases (as
+/// the server's leader does), and stops at `timeout`.
+pub(crate) async fn wait_node_jobs(
     catalog: &Catalog,
     repo_id: Uuid,
     jobs: &[Uuid],
-    opts: SetOptions,
+    agent_timeout: Duration,
+    timeout: Duration,
+    work: &str,
 ) -> Result<Vec<crate::catalog::NodeJob>> {
-    let deadline = Instant::now() + opts.timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         catalog.reap_jobs(repo_id).await?;
         let now = Utc::now();
@@ -286,15 +302,15 @@ async fn wait(
                         .get(j.node.as_str())
                         .map_or(j.queued_at, |t| (*t).max(j.queued_at));
                     let waited = (now - since).to_std().unwrap_or_default();
-                    if waited > opts.agent_timeout {
+                    if waited > agent_timeout {
                         let why = format!(
                             "no drctl agent on node {} claimed it within {} s{}: is the agent \
                              running there (`kubectl -n drctl-node get pods -o wide`)?",
                             j.node,
-                            opts.agent_timeout.as_secs(),
+                            agent_timeout.as_secs(),
                             if j.attempt > 0 {
                                 format!(
-                                    " after attempt {} stopped (the agent died mid-backup)",
+                                    " after attempt {} stopped (the agent died mid-{work})",
                                     j.attempt
                                 )
                             } else {
@@ -320,8 +336,8 @@ async fn wait(
             return Err(Error::new(
                 ErrorKind::Failed,
                 format!(
-                    "{open} volume backup(s) of the set still running after {} s",
-                    opts.timeout.as_secs()
+                    "{open} volume {work}(s) of the set still running after {} s",
+                    timeout.as_secs()
                 ),
             )
             .with_guidance("raise --timeout, or check the agents' logs"));

@@ -101,7 +101,7 @@ pub struct Lease {
 }
 
 /// The lease lost: another holder took it, or it expired.
-fn lost(what: &str) -> Error {
+pub(super) fn lost(what: &str) -> Error {
     Error::new(
         ErrorKind::Failed,
         format!("{what}: the lease was lost (expired or taken by another replica)"),
@@ -597,7 +597,7 @@ impl Catalog {
     ) -> Result<()> {
         let r = sqlx::query(
             "UPDATE jobs SET state = $3, reason = $4, backup_id = $5, result = $6, \
-               finished_at = now(), lease_expires_at = NULL \
+               finished_at = now(), lease_expires_at = NULL, key_offer = NULL, key_grant = NULL \
              WHERE id = $1 AND lease_generation = $2 AND state = 'running'",
         )
         .bind(claim.job.id)
@@ -626,7 +626,7 @@ impl Catalog {
                  || to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') || ', attempt ' \
                  || attempt || ' of ' || max_attempts || ')', \
                finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END, \
-               lease_owner = NULL, lease_expires_at = NULL \
+               lease_owner = NULL, lease_expires_at = NULL, key_offer = NULL, key_grant = NULL \
              WHERE repository_id = $1 AND state = 'running' AND lease_expires_at < now() \
              RETURNING ", job_columns!(), ""))
         .bind(repo)

@@ -25,11 +25,12 @@ pub struct NodeJob {
 }
 
 impl Catalog {
-    /// Queues a volume job for the agent of `node`. `key` names it uniquely
-    /// (`<set id>/<namespace>/<claim>`).
+    /// Queues a job of `kind` (`volume`, `volume-restore`) for the agent of
+    /// `node`. `key` names it uniquely (`<set id>/<namespace>/<claim>`).
     pub async fn enqueue_node_job(
         &self,
         repo: Uuid,
+        kind: &str,
         node: &str,
         key: &str,
         params: &serde_json::Value,
@@ -37,13 +38,14 @@ impl Catalog {
         let id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO jobs (id, repository_id, kind, schedule, scheduled_for, trigger, state, \
-               node, params) VALUES ($1, $2, 'volume', $3, now(), 'set', 'queued', $4, $5)",
+               node, params) VALUES ($1, $2, $6, $3, now(), 'set', 'queued', $4, $5)",
         )
         .bind(id)
         .bind(repo)
         .bind(key)
         .bind(node)
         .bind(params)
+        .bind(kind)
         .execute(self.pool())
         .bounded()
         .await
@@ -51,7 +53,7 @@ impl Catalog {
         Ok(id)
     }
 
-    /// Claims the oldest queued volume job of `node`, for `ttl`, with its
+    /// Claims the oldest queued job of `node` (a backup or a restore), for `ttl`, with its
     /// parameters.
     pub async fn claim_node_job(
         &self,
@@ -61,7 +63,7 @@ impl Catalog {
         ttl: std::time::Duration,
     ) -> Result<Option<(Claim, serde_json::Value)>> {
         let Some(claim) = self
-            .claim_job_on(repo, owner, &["volume"], Some(node), ttl)
+            .claim_job_on(repo, owner, &["volume", "volume-restore"], Some(node), ttl)
             .await?
         else {
             return Ok(None);
@@ -104,12 +106,14 @@ impl Catalog {
             .collect())
     }
 
-    /// Gives up on a queued volume job no agent claimed (fails it with
-    /// `reason`); false when an agent claimed it meanwhile.
+    /// Gives up on a volume job (fails it with `reason`): one no agent
+    /// claimed, or the running ones when the set's time is up; false when
+    /// it had ended meanwhile.
     pub async fn abandon_node_job(&self, id: Uuid, reason: &str) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE jobs SET state = 'failed', reason = $2, finished_at = now() \
-             WHERE id = $1 AND state = 'queued'",
+            "UPDATE jobs SET state = 'failed', reason = $2, finished_at = now(), \
+               key_offer = NULL, key_grant = NULL \
+             WHERE id = $1 AND state IN ('queued', 'running')",
         )
         .bind(id)
         .bind(reason)
@@ -146,5 +150,81 @@ impl Catalog {
         .bounded()
         .await
         .map_err(query_error)
+    }
+
+    /// A restore job's agent offers `recipient`, a key made for this job
+    /// alone, for the plaintexts the job needs (fenced by the lease).
+    pub async fn offer_key(&self, claim: &Claim, recipient: &str) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE jobs SET key_offer = $3, key_grant = NULL \
+             WHERE id = $1 AND lease_generation = $2 AND state = 'running'",
+        )
+        .bind(claim.job.id)
+        .bind(claim.generation)
+        .bind(recipient)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        if r.rows_affected() == 0 {
+            return Err(super::jobs::lost(&format!("job {}", claim.job.id)));
+        }
+        Ok(())
+    }
+
+    /// The grant the coordinator left for a claimed restore job, once there.
+    pub async fn key_grant(&self, claim: &Claim) -> Result<Option<Vec<u8>>> {
+        let grant: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT key_grant FROM jobs \
+             WHERE id = $1 AND lease_generation = $2 AND state = 'running'",
+        )
+        .bind(claim.job.id)
+        .bind(claim.generation)
+        .fetch_optional(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        match grant {
+            Some(g) => Ok(g),
+            None => Err(super::jobs::lost(&format!("job {}", claim.job.id))),
+        }
+    }
+
+    /// The restore jobs of `ids` whose agent offered a key not answered yet:
+    /// (job, lease generation, recipient).
+    pub async fn open_offers(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64, String)>> {
+        sqlx::query_as(
+            "SELECT id, lease_generation, key_offer FROM jobs WHERE id = ANY($1) \
+               AND state = 'running' AND key_offer IS NOT NULL AND key_grant IS NULL",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)
+    }
+
+    /// Answers an offer with `grant` (encrypted to the offered key); a no-op
+    /// when the job has moved on (another attempt, another key).
+    pub async fn answer_offer(
+        &self,
+        id: Uuid,
+        generation: i64,
+        recipient: &str,
+        grant: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET key_grant = $4 WHERE id = $1 AND lease_generation = $2 \
+               AND key_offer = $3 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(generation)
+        .bind(recipient)
+        .bind(grant)
+        .execute(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ mod key;
 // The API returns the listing `backup list -o json` prints.
 pub(crate) mod listing;
 mod output;
-mod progress;
+pub(crate) mod progress;
 mod repo;
 mod resources;
 mod restore;

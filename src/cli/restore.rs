@@ -28,6 +28,50 @@ pub(crate) enum RestoreCommand {
     /// `--dry-run` prints the plan and changes nothing. Needs the age
     /// identity; does not need the catalog.
     Resources(ResourcesArgs),
+    /// Restore a namespace set (`drctl backup namespaces`): its resources,
+    /// then each claim's data written by the drctl agent of the claim's
+    /// node into the volume a helper pod mounts, then the workloads.
+    /// `--dry-run` prints the plan. Needs the age identity, the catalog
+    /// (the agents' queue) and an agent on each claim's node.
+    Namespaces(NamespacesArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NamespacesArgs {
+    /// The set: its id, short id, or NAME@latest.
+    backup: String,
+    #[command(flatten)]
+    cluster: super::resources::ClusterArgs,
+    /// Restore namespace OLD (objects and claims' data) into NEW:
+    /// `shop=shop-restored,...`. The original may still exist.
+    #[arg(long, value_delimiter = ',', value_name = "OLD=NEW,...")]
+    namespace_mapping: Vec<String>,
+    /// What to do with objects that already exist (`skip`, `update`,
+    /// `recreate`). A claim that exists keeps its volume and data unless
+    /// recreated.
+    #[arg(long, value_enum, default_value = "skip")]
+    existing: crate::restore::resources::plan::Existing,
+    /// Print the plan (objects, claims' data with their nodes, workloads)
+    /// and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Give up on a claim whose node's agent does not take its job within
+    /// this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    agent_timeout: u64,
+    /// How long a helper pod may take to run (its volume bound and mounted).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pod_timeout: u64,
+    /// How long the data phase may take in all.
+    #[arg(long, default_value_t = 6 * 3600, value_name = "SECONDS")]
+    timeout: u64,
+    /// The helper pods' image: it only holds the volume mounted.
+    #[arg(
+        long,
+        env = "DRCTL_HELPER_IMAGE",
+        default_value = "registry.k8s.io/pause:3.10"
+    )]
+    helper_image: String,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +186,7 @@ impl RestoreCommand {
         match self {
             RestoreCommand::Etcd(args) => restore_etcd(ctx, &loaded, out, args),
             RestoreCommand::Resources(args) => restore_resources(ctx, &loaded, out, args),
+            RestoreCommand::Namespaces(args) => restore_namespaces(ctx, &loaded, out, args),
             RestoreCommand::Volume(args) => {
                 let target = match (args.to, args.block) {
                     (Some(p), _) => Target::Dir {
@@ -278,6 +323,7 @@ fn restore_resources(
         mapping: crate::resources::scope::NamespaceMapping::parse(&args.namespace_mapping)?,
         existing: args.existing,
         mapped_volumes: args.mapped_volumes,
+        fresh_volumes: false,
         keep: Keep {
             status: args.restore_status,
             service_ips: args.preserve_service_ips,
@@ -328,6 +374,165 @@ fn restore_resources(
         ));
     }
     Ok(())
+}
+
+fn restore_namespaces(
+    ctx: &Context,
+    loaded: &crate::config::Loaded,
+    out: &Out,
+    args: NamespacesArgs,
+) -> Result<()> {
+    use crate::restore::resources::{self as res, Keep};
+    use crate::restore::set::{self, VolumeMember};
+    let opts = set::Options {
+        resources: res::Options {
+            scope: crate::resources::scope::Scope::new(&Default::default())?,
+            mapping: crate::resources::scope::NamespaceMapping::parse(&args.namespace_mapping)?,
+            existing: args.existing,
+            mapped_volumes: false,
+            fresh_volumes: true,
+            keep: Keep::default(),
+        },
+        agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
+        pod_timeout: std::time::Duration::from_secs(args.pod_timeout),
+        timeout: std::time::Duration::from_secs(args.timeout),
+        helper_image: args.helper_image,
+    };
+    let repo = std::sync::Arc::new(super::open_repo(
+        &loaded.config,
+        ctx.identity.as_deref(),
+        false,
+    )?);
+    let id = resolve_backup(ctx, loaded, &repo, &args.backup)?;
+    let set_manifest = open_manifest(&repo, id)?;
+    set::check_set(&set_manifest)?;
+    let handle = tokio::runtime::Handle::current();
+    let catalog = handle.block_on(ctx.catalog(loaded)).map_err(|e| {
+        let what = format!(
+            "restoring a set needs the catalog (the node agents take their jobs there): {}",
+            e.what()
+        );
+        Error::new(e.kind(), what).with_guidance(
+            "restore its members one by one meanwhile: `drctl restore resources` and \
+             `drctl restore volume` (`drctl backup describe` lists them)",
+        )
+    })?;
+    let rows = handle.block_on(catalog.set_members(id))?;
+    let mut resources = None;
+    let mut volumes = Vec::new();
+    for m in &set_manifest.members {
+        let manifest = open_manifest(&repo, *m)?;
+        match manifest.kind.as_str() {
+            "resources" => resources = Some(manifest),
+            "volume" => volumes.push(VolumeMember {
+                backup_id: *m,
+                node: rows
+                    .iter()
+                    .find(|r| r.id == *m)
+                    .and_then(|r| r.stats.get("node"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string),
+                bytes: manifest.totals.map_or(0, |t| t.bytes),
+                name: manifest.name,
+            }),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!("set {id} lists member {m}, a {other} backup"),
+                ));
+            }
+        }
+    }
+    let resources = resources.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("set {id} has no resources member: its namespaces were not backed up"),
+        )
+        .with_guidance("restore its volumes one by one with `drctl restore volume`")
+    })?;
+    let cluster = handle.block_on(args.cluster.connect(&loaded.config))?;
+    let objects = res::load(&repo, &resources, &opts.resources.scope)?;
+    let bar = super::progress::counter(if args.dry_run {
+        "planning"
+    } else {
+        "restoring the set"
+    });
+    let report = handle.block_on(set::restore(
+        repo.clone(),
+        &catalog,
+        &cluster,
+        &set_manifest,
+        &resources,
+        objects,
+        volumes,
+        &opts,
+        args.dry_run,
+    ));
+    bar.finish_and_clear();
+    let report = report?;
+    out.emit(&report, || render_set(&report));
+    let failed = report.failures();
+    if failed > 0 {
+        return Err(Error::new(
+            ErrorKind::Partial,
+            if report.dry_run {
+                format!("{failed} object(s) or claim(s) of the plan cannot be restored")
+            } else {
+                format!("{failed} object(s) or claim(s) of set {id} were not restored")
+            },
+        )
+        .with_guidance(
+            "each is listed above with why; fix the cause and run the restore again (what was \
+             restored is skipped)",
+        ));
+    }
+    Ok(())
+}
+
+fn render_set(r: &crate::restore::set::Report) -> String {
+    use crate::restore::set::ClaimAction;
+    let mut t = format!(
+        "{} set {}: objects up to the claims first, then each claim's data, then the workloads\n",
+        if r.dry_run {
+            "plan to restore"
+        } else {
+            "restored"
+        },
+        r.set_id
+    );
+    t.push_str(&super::resources::render_restore(&r.resources));
+    t.push_str("claims' data (written before any workload is applied):\n");
+    for c in &r.claims {
+        let what = match (c.outcome, c.action) {
+            (Some(o), _) => serde_json::to_value(o).unwrap(),
+            (None, a) => serde_json::to_value(a).unwrap(),
+        };
+        t.push_str(&format!(
+            "  {:<9} {}{} {}{}{}{}\n",
+            what.as_str().unwrap_or(""),
+            c.claim,
+            c.from
+                .as_ref()
+                .map(|f| format!(" (from {f})"))
+                .unwrap_or_default(),
+            super::progress::human(c.bytes),
+            c.node
+                .as_ref()
+                .map(|n| format!(" on {n}"))
+                .unwrap_or_default(),
+            c.helper_pod
+                .as_ref()
+                .filter(|_| c.action == ClaimAction::Restore)
+                .map(|p| format!(" via helper pod {p}"))
+                .unwrap_or_default(),
+            c.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+        ));
+    }
+    t.push_str(&format!("took {:.1} s\n", r.seconds));
+    t
 }
 
 fn restore_etcd(
@@ -557,13 +762,7 @@ pub(crate) fn load_manifest(
     Ok(manifest)
 }
 
-/// The manifest of backup `id`, authenticated, its trees not read.
-pub(crate) fn open_manifest(repo: &Repository, id: Uuid) -> Result<Manifest> {
-    let sealed = crate::repo::manifest::read_sealed(&*repo.store, id)?.bytes;
-    let mut manifest = Manifest::open(id, &sealed, &repo.secret, repo.identity()?)?;
-    crate::repo::object_table::expand(repo, &mut manifest)?;
-    Ok(manifest)
-}
+pub(crate) use crate::restore::open_manifest;
 
 /// The catalog, when one is configured and answers: what locates chunks
 /// fastest. Without it a reader still works, from the bucket alone.

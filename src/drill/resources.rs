@@ -72,6 +72,7 @@ pub(super) fn drill(
         existing: Existing::Skip,
         keep: Keep::default(),
         mapped_volumes: false,
+        fresh_volumes: false,
     };
     let restored = env.handle.block_on(res::restore(
         &cluster,

@@ -376,8 +376,72 @@ impl Recipients {
     }
 }
 
-/// An age identity that decrypts the repository.
-pub struct Identity(Vec<age::x25519::Identity>);
+/// What decrypts the repository: the age identity, or a restore grant.
+///
+/// A grant is what a node agent gets to restore one backup without the
+/// identity: the plaintexts of exactly the age files that backup needs
+/// (its manifest, its packs' indexes), each under the BLAKE3 hash of its
+/// ciphertext, decrypted by the restore's coordinator (which holds the
+/// identity) and sent to the agent encrypted to a key the agent made for
+/// that one job. It decrypts nothing else: any other age file is refused.
+/// What it yields is checked as ever (the manifest's MAC, each pack's
+/// hash, each chunk's AEAD tag and keyed id), so a forged grant can make
+/// a restore fail, never make it write what the repository does not hold.
+pub struct Identity {
+    keys: Vec<age::x25519::Identity>,
+    granted: std::collections::HashMap<[u8; 32], Vec<u8>>,
+}
+
+/// The plaintexts a restore grant carries (see [`Identity`]).
+#[derive(Default)]
+pub struct Grant(std::collections::HashMap<[u8; 32], Vec<u8>>);
+
+impl Grant {
+    /// Adds the plaintext of the age file `sealed`.
+    pub fn add(&mut self, sealed: &[u8], plain: Vec<u8>) {
+        self.0.insert(*blake3::hash(sealed).as_bytes(), plain);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The grant encrypted to `recipient` (the agent's key for one job).
+    pub fn seal_to(&self, recipient: &str) -> Result<Vec<u8>> {
+        let mut plain = Vec::new();
+        for (hash, text) in &self.0 {
+            plain.extend_from_slice(hash);
+            plain.extend_from_slice(&(text.len() as u64).to_le_bytes());
+            plain.extend_from_slice(text);
+        }
+        Ok(Recipients::parse(&[recipient.to_string()])?.encrypt(&plain))
+    }
+
+    /// A grant [`Grant::seal_to`] made, opened with the job's key.
+    pub fn open(sealed: &[u8], key: &Identity) -> Result<Grant> {
+        let plain = key.decrypt("the restore grant", sealed)?;
+        let bad = || Error::new(ErrorKind::Integrity, "the restore grant is malformed");
+        let mut out = std::collections::HashMap::new();
+        let mut rest = &plain[..];
+        while !rest.is_empty() {
+            if rest.len() < 40 {
+                return Err(bad());
+            }
+            let hash: [u8; 32] = rest[..32].try_into().unwrap();
+            let len = u64::from_le_bytes(rest[32..40].try_into().unwrap()) as usize;
+            if rest.len() - 40 < len {
+                return Err(bad());
+            }
+            out.insert(hash, rest[40..40 + len].to_vec());
+            rest = &rest[40 + len..];
+        }
+        Ok(Grant(out))
+    }
+}
 
 impl Identity {
     /// Reads an identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
@@ -416,11 +480,46 @@ impl Identity {
             )
             .with_guidance("pass the file `drctl key generate` wrote (AGE-SECRET-KEY-1… lines)"));
         }
-        Ok(Identity(ids))
+        Ok(Identity {
+            keys: ids,
+            granted: Default::default(),
+        })
+    }
+
+    /// A fresh identity for one job (never written anywhere).
+    pub fn ephemeral() -> Identity {
+        Identity {
+            keys: vec![age::x25519::Identity::generate()],
+            granted: Default::default(),
+        }
+    }
+
+    /// An identity that decrypts what `grant` covers and nothing else.
+    pub fn granted(grant: Grant) -> Identity {
+        Identity {
+            keys: Vec::new(),
+            granted: grant.0,
+        }
     }
 
     /// Decrypts an age file. A wrong key is `Permission`, damage is `Integrity`.
     pub fn decrypt(&self, what: &str, data: &[u8]) -> Result<Vec<u8>> {
+        if self.keys.is_empty() {
+            return self
+                .granted
+                .get(blake3::hash(data).as_bytes())
+                .cloned()
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Permission,
+                        format!("the restore grant does not cover {what}"),
+                    )
+                    .with_guidance(
+                        "the object differs from the one the restore's coordinator read (it was \
+                         replaced meanwhile?); run the restore again",
+                    )
+                });
+        }
         let dec = age::Decryptor::new_buffered(data).map_err(|e| {
             Error::new(
                 ErrorKind::Integrity,
@@ -429,7 +528,7 @@ impl Identity {
             .with_source(e)
         })?;
         let mut r = dec
-            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
+            .decrypt(self.keys.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => Error::new(
                     ErrorKind::Permission,
@@ -455,7 +554,10 @@ impl Identity {
 
     /// The recipients of this identity.
     pub fn recipients(&self) -> Vec<String> {
-        self.0.iter().map(|i| i.to_public().to_string()).collect()
+        self.keys
+            .iter()
+            .map(|i| i.to_public().to_string())
+            .collect()
     }
 }
 
@@ -487,12 +589,39 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let r = Recipients::parse(&[id.to_public().to_string()]).unwrap();
         let ct = r.encrypt(b"secret bytes");
-        assert_eq!(
-            Identity(vec![id]).decrypt("x", &ct).unwrap(),
-            b"secret bytes"
-        );
-        let err = Identity(vec![other]).decrypt("x", &ct).unwrap_err();
+        let id = Identity {
+            keys: vec![id],
+            granted: Default::default(),
+        };
+        assert_eq!(id.decrypt("x", &ct).unwrap(), b"secret bytes");
+        let other = Identity {
+            keys: vec![other],
+            granted: Default::default(),
+        };
+        let err = other.decrypt("x", &ct).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permission);
+    }
+
+    #[test]
+    fn a_grant_decrypts_what_it_covers_and_nothing_else() {
+        let owner = age::x25519::Identity::generate();
+        let r = Recipients::parse(&[owner.to_public().to_string()]).unwrap();
+        let (a, b) = (r.encrypt(b"index a"), r.encrypt(b"index b"));
+        let owner = Identity {
+            keys: vec![owner],
+            granted: Default::default(),
+        };
+        let mut grant = Grant::default();
+        grant.add(&a, owner.decrypt("a", &a).unwrap());
+        // The agent's key for the job: only it opens the grant.
+        let job = Identity::ephemeral();
+        let sealed = grant.seal_to(&job.recipients()[0]).unwrap();
+        assert!(Grant::open(&sealed, &Identity::ephemeral()).is_err());
+        let granted = Identity::granted(Grant::open(&sealed, &job).unwrap());
+        assert_eq!(granted.decrypt("a", &a).unwrap(), b"index a");
+        let err = granted.decrypt("b", &b).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permission);
+        assert!(err.to_string().contains("does not cover b"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod chunker;
 pub mod crypto;
+pub mod grant;
 pub mod manifest;
 pub mod object_table;
 pub mod pack;
@@ -255,6 +256,18 @@ impl Repository {
             Error::config("writing needs age recipients")
                 .with_guidance("set encryption.recipients in the configuration")
         })
+    }
+
+    /// This repository read with `identity` instead (a node agent's
+    /// restore grant).
+    pub fn with_identity(&self, identity: Identity) -> Repository {
+        Repository {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            secret: self.secret.clone(),
+            recipients: self.recipients.clone(),
+            identity: Some(identity),
+        }
     }
 
     /// The identity, for reading. Errors when the caller has none.

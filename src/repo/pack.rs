@@ -19,7 +19,7 @@ use super::crypto::{ChunkId, DataKey, Identity, Recipients, RepoSecret};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectMeta, Store, Upload, sha256};
 
-const MAGIC: &[u8; 8] = b"DRCTLPK1";
+pub(crate) const MAGIC: &[u8; 8] = b"DRCTLPK1";
 /// The key number of a blob sealed with the repository's tree key
 /// ([`RepoSecret::tree_key`]) rather than one of the index's data keys: a
 /// tree object. Its id is a tree id ([`RepoSecret::tree_id`]).

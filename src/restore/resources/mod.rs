@@ -42,6 +42,10 @@ pub struct Options {
     /// and claims lose their `spec.volumeName`, so a copy gets new disks
     /// instead of production's.
     pub mapped_volumes: bool,
+    /// Claims get new volumes whatever the mapping (a set restore, which
+    /// writes their data from the backup): PersistentVolumes are skipped,
+    /// claims lose `spec.volumeName` and their old binding annotations.
+    pub fresh_volumes: bool,
 }
 
 /// What a restore did (or, dry, would do).
@@ -83,6 +87,17 @@ pub struct Planned {
     pub recreate: usize,
     pub cannot_restore: usize,
 }
+
+/// What the old binding of a claim left on it: a new claim is bound
+/// afresh (the provisioner reads `selected-node`, which the restore sets
+/// to the node it chose).
+const BINDING_ANNOTATIONS: &[&str] = &[
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/selected-node",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+];
 
 /// Requests in flight while applying one phase.
 const APPLIES_IN_FLIGHT: usize = 16;
@@ -375,11 +390,20 @@ pub async fn plan(
             .and_then(|uid| restored.get(uid));
         sanitize::sanitize(&mut v, opts.keep, &opts.mapping);
         let mapped = !opts.mapping.is_empty();
-        if mapped && !opts.mapped_volumes && o.group.is_empty() && o.kind == "PersistentVolumeClaim"
-        {
+        let new_volumes = (mapped && !opts.mapped_volumes) || opts.fresh_volumes;
+        if new_volumes && o.group.is_empty() && o.kind == "PersistentVolumeClaim" {
             // The claim would bind production's volume by name.
             if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.remove("volumeName");
+            }
+            if opts.fresh_volumes
+                && let Some(notes) = v
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+            {
+                for a in BINDING_ANNOTATIONS {
+                    notes.remove(*a);
+                }
             }
         }
         let mut body = v;
@@ -402,6 +426,14 @@ pub async fn plan(
                 Some(format!(
                     "owned by {kind} {owner}, which is restored: its controller recreates it"
                 )),
+            ),
+            None if opts.fresh_volumes && o.group.is_empty() && o.kind == "PersistentVolume" => (
+                Action::Skip,
+                Some(
+                    "a set restore gives its claims new volumes and writes their data from the \
+                     backup"
+                        .into(),
+                ),
             ),
             None if mapped
                 && !opts.mapped_volumes
@@ -826,13 +858,31 @@ pub async fn restore(
         tracing::info!(backup = %manifest.backup_id, steps = steps.len(), server = %cluster.url, "applying");
         apply(cluster, &mut steps, opts.keep, &|| progress(None)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    Ok(report(
+        cluster,
+        manifest.backup_id,
+        opts,
+        dry_run,
+        steps,
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// The report of a restore that ran `steps` (or, `dry_run`, planned them).
+pub fn report(
+    cluster: &Cluster,
+    backup_id: Uuid,
+    opts: &Options,
+    dry_run: bool,
+    steps: Vec<Step>,
+    seconds: f64,
+) -> Report {
     let summary = Counts::of(&steps);
     for s in steps.iter().filter(|s| s.outcome == Some(Outcome::Failed)) {
         tracing::warn!(object = %s.display(), reason = s.reason.as_deref().unwrap_or(""), "not restored");
     }
-    Ok(Report {
-        backup_id: manifest.backup_id,
+    Report {
+        backup_id,
         server: cluster.url.clone(),
         dry_run,
         existing: opts.existing,
@@ -851,7 +901,7 @@ pub async fn restore(
         summary,
         steps,
         seconds,
-    })
+    }
 }
 
 #[cfg(test)]
