@@ -230,6 +230,20 @@ impl Shop {
         }
     }
 
+    /// The volumes' data as the nodes hold it: (PV, where).
+    fn disks(&self) -> Vec<(String, PathBuf)> {
+        let pv = |claim: &str| match claim {
+            "shop/data-db-0" => "pv-db-0",
+            "shop/data-db-1" => "pv-db-1",
+            "shop/pgdata" => "pv-pg",
+            _ => "pv-raw",
+        };
+        self.data
+            .iter()
+            .map(|(claim, path)| (pv(claim).to_string(), path.clone()))
+            .collect()
+    }
+
     /// Every node's agent, started together as a DaemonSet's pods are.
     fn start_agents(&mut self) {
         for n in &mut self.nodes {
@@ -495,11 +509,12 @@ async fn an_agent_killed_mid_backup_leaves_the_set_partial_naming_the_claim() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_without_an_agent_and_an_unmounted_claim_are_reported_not_hidden() {
+async fn a_node_without_an_agent_is_reported_and_an_unmounted_claim_read_through_a_helper() {
     let mut shop = Shop::new(0).await;
     shop.nodes[0].start(&shop.env); // node-b has no agent
     shop.nodes[0].started(&shop.env);
     shop.cluster.ok(&["delete", "pod", "-n", "shop", "pg-0"]);
+    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
     let (out, set, _) = shop.backup(&["--agent-timeout", "2"]);
     assert_eq!(out.status.code(), Some(8), "{set:#}");
     let reason = |claim: &str| {
@@ -514,16 +529,48 @@ async fn a_node_without_an_agent_and_an_unmounted_claim_are_reported_not_hidden(
     };
     assert!(reason("shop/data-db-1").contains("no drctl agent on node node-b"));
     assert!(reason("shop/raw").contains("node-b"));
-    assert!(reason("shop/pgdata").contains("no running pod mounts it"));
     assert_eq!(member(&set, "shop/data-db-0")["status"], "complete");
+    // The claim no pod mounts is read through a helper pod that mounts it
+    // read-only on a node with an agent, and the helper is gone after.
+    let pg = member(&set, "shop/pgdata");
+    assert_eq!(pg["status"], "complete", "{set:#}");
+    assert_eq!(pg["node"], "node-a");
+    let listed = shop.env.json(&[
+        "backup",
+        "list",
+        "--kind",
+        "volume",
+        "--name",
+        "shop/pgdata",
+    ]);
+    let helper = listed[0]["stats"]["pod"].as_str().unwrap().to_string();
+    assert!(helper.starts_with("drctl-backup-pgdata-"), "{listed:#}");
+    let pods = shop
+        .cluster
+        .ok(&["get", "pods", "-n", "shop", "-o", "name"]);
+    assert!(!pods.contains("drctl-backup-"), "helper left: {pods}");
+    let dst = shop.env.ws.path("pgdata-via-helper");
+    let id = pg["backup_id"].as_str().unwrap();
+    let (o, so, se) = run(shop
+        .env
+        .cmd(&["restore", "volume", id, "--to"])
+        .arg(&dst)
+        .arg("--identity")
+        .arg(&shop.env.identity));
+    assert!(o.status.success(), "{so}{se}");
+    crate::tree::assert_same(&kubelet.mount("shop/pgdata"), &dst);
 }
 
-/// The kubelet's and a volume provisioner's part for restores: a claim
-/// marked for a node (`volume.kubernetes.io/selected-node`, as the
-/// scheduler marks a WaitForFirstConsumer claim) gets a new CSI volume
-/// `pvc-<uid>`; a pod on a simulated node whose claims are bound gets
-/// their mounts laid out by the kubelet's rules (docs/agent.md) and
-/// becomes Running. The mount of each helper pod is recorded by claim.
+/// The kubelet's and a volume provisioner's part for pods made during a
+/// test (helper pods, restored workloads): a claim marked for a node
+/// (`volume.kubernetes.io/selected-node`, as the scheduler marks a
+/// WaitForFirstConsumer claim) gets a new CSI volume `pvc-<uid>`; a pod on
+/// a simulated node whose claims are bound gets their mounts laid out by
+/// the kubelet's rules (docs/agent.md) and becomes Running. A volume's
+/// data (its "disk") is where its first mount was laid out, or where the
+/// test put it, and moves to the mount of the next pod that mounts it (a
+/// ReadWriteOnce volume follows its pod). Where each claim's disk is now
+/// is recorded by claim.
 struct Kubelet {
     mounts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -531,7 +578,7 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    fn start(cluster: &Cluster, nodes: &[Node]) -> Kubelet {
+    fn start(cluster: &Cluster, nodes: &[Node], disks: Vec<(String, PathBuf)>) -> Kubelet {
         use std::sync::atomic::Ordering;
         let addr = cluster.running.addr;
         let roots: Vec<(String, PathBuf)> = nodes
@@ -542,9 +589,10 @@ impl Kubelet {
             Default::default();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (m, s) = (mounts.clone(), stop.clone());
+        let mut disks: std::collections::HashMap<String, PathBuf> = disks.into_iter().collect();
         let task = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
-                kubelet_round(addr, &roots, &m).await;
+                kubelet_round(addr, &roots, &m, &mut disks).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -561,7 +609,7 @@ impl Kubelet {
             .unwrap()
             .get(claim)
             .cloned()
-            .unwrap_or_else(|| panic!("no helper pod mounted {claim}"))
+            .unwrap_or_else(|| panic!("no pod mounted {claim}"))
     }
 }
 
@@ -598,6 +646,7 @@ async fn kubelet_round(
     addr: std::net::SocketAddr,
     roots: &[(String, PathBuf)],
     mounts: &std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+    disks: &mut std::collections::HashMap<String, PathBuf>,
 ) {
     const MERGE: &str = "application/merge-patch+json";
     let claims = items(
@@ -677,35 +726,28 @@ async fn kubelet_round(
                 continue 'pods; // not bound yet: the kubelet waits
             };
             let block = pvc.unwrap()["spec"]["volumeMode"] == "Block";
+            let pod_dir = root.join("pods").join(uid);
             let path = if block {
-                let dir = root
-                    .join("pods")
-                    .join(uid)
-                    .join("volumeDevices/kubernetes.io~csi");
-                std::fs::create_dir_all(&dir).unwrap();
-                let dev = dir.join(pv);
-                // What is there is the volume's: never truncated.
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&dev)
-                    .unwrap();
-                dev
+                pod_dir.join("volumeDevices/kubernetes.io~csi").join(pv)
             } else {
-                let dir = root
-                    .join("pods")
-                    .join(uid)
+                pod_dir
                     .join("volumes/kubernetes.io~csi")
                     .join(pv)
-                    .join("mount");
-                std::fs::create_dir_all(&dir).unwrap();
-                dir
+                    .join("mount")
             };
+            if std::fs::symlink_metadata(&path).is_err() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                match disks.get(pv) {
+                    // The disk moves to the pod that mounts it now.
+                    Some(disk) => std::fs::rename(disk, &path).unwrap(),
+                    None if block => drop(std::fs::File::create(&path).unwrap()),
+                    None => std::fs::create_dir(&path).unwrap(),
+                }
+                disks.insert(pv.to_string(), path.clone());
+            }
             laid.push((format!("{ns}/{claim}"), path));
         }
-        if name.starts_with("drctl-restore-") {
-            mounts.lock().unwrap().extend(laid);
-        }
+        mounts.lock().unwrap().extend(laid);
         let running = serde_json::json!({"status": {"phase": "Running"}});
         api(
             addr,
@@ -790,10 +832,30 @@ impl Shop {
         (out, v, stderr)
     }
 
-    /// Each claim's data, as the helper pods of namespace `ns` got it, is
-    /// what the nodes had when the set was taken.
-    fn assert_restored(&self, kubelet: &Kubelet, ns: &str) {
-        for (claim, src) in &self.data {
+    /// Each claim's data in namespace `ns`, as its pods (the helper's, then
+    /// the restored workload's) see it, is what the nodes had when the set
+    /// was taken. Compared with `originals` (copies made at backup time).
+    /// Copies of the claims' data as the nodes hold it now.
+    fn copies(&self) -> Vec<(String, PathBuf)> {
+        self.data
+            .iter()
+            .map(|(claim, src)| {
+                let dst = self
+                    .env
+                    .ws
+                    .path(&format!("original-{}", claim.replace('/', "-")));
+                let (out, _, stderr) = run(std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(src)
+                    .arg(&dst));
+                assert!(out.status.success(), "{stderr}");
+                (claim.clone(), dst)
+            })
+            .collect()
+    }
+
+    fn assert_restored(&self, kubelet: &Kubelet, ns: &str, originals: &[(String, PathBuf)]) {
+        for (claim, src) in originals {
             let dst = kubelet.mount(&claim.replacen("shop/", &format!("{ns}/"), 1));
             if claim.ends_with("raw") {
                 assert!(
@@ -823,7 +885,8 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
     shop.start_agents();
     let (out, set, stderr) = shop.backup(&[]);
     assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
-    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes);
+    let originals = shop.copies();
+    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
 
     // A copy beside the original, which keeps running.
     let mapped = ["--namespace-mapping", "shop=shop-copy"];
@@ -882,7 +945,7 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
     for c in report["claims"].as_array().unwrap() {
         assert_eq!(c["outcome"], "restored", "{c:#}");
     }
-    shop.assert_restored(&kubelet, "shop-copy");
+    shop.assert_restored(&kubelet, "shop-copy", &originals);
     assert!(early.is_empty(), "workloads before their data: {early:#?}");
     assert!(seen > 0, "the watch never saw the restored workloads");
     let copy = shop
@@ -925,7 +988,7 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
         shop.logs()
     );
     assert_eq!(report["claims"].as_array().unwrap().len(), 4, "{report:#}");
-    shop.assert_restored(&kubelet, "shop");
+    shop.assert_restored(&kubelet, "shop", &originals);
     assert!(early.is_empty(), "workloads before their data: {early:#?}");
     assert!(seen > 0, "the watch never saw the restored workloads");
     // The agents held grants, never the identity: nothing in their logs
@@ -946,7 +1009,7 @@ async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() 
     let (out, set, stderr) = shop.backup(&[]);
     assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
     shop.nodes[1].kill(); // node-b: data-db-1 and raw
-    let _kubelet = Kubelet::start(&shop.cluster, &shop.nodes);
+    let _kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
     let (out, report, stderr) =
         shop.restore(&["--namespace-mapping", "shop=shop-b", "--agent-timeout", "3"]);
     assert_eq!(out.status.code(), Some(8), "{report:#}\n{stderr}");

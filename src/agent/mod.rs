@@ -11,6 +11,7 @@
 //! claim's data back for a set restore (`restore`), with a grant for that
 //! one backup instead of the age identity.
 
+pub mod helper;
 pub mod layout;
 pub mod restore;
 

@@ -25,11 +25,15 @@ use crate::repo::manifest::{MANIFEST_FORMAT, Manifest};
 use crate::resources::scope::Scope;
 
 /// How long a set waits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SetOptions {
     /// A claim's job that no agent has claimed after this is given up:
     /// no agent runs on that node.
     pub agent_timeout: Duration,
+    /// How long a helper pod (for a claim no pod mounts) may take to run.
+    pub pod_timeout: Duration,
+    /// The helper pods' image.
+    pub helper_image: String,
     /// The whole set, the volume backups included.
     pub timeout: Duration,
     /// How long the set and its resources are kept (and locked).
@@ -107,16 +111,61 @@ pub async fn backup_namespaces(
         }];
         let mut problems = Vec::new();
         let mut jobs = Vec::new();
-        for c in claims {
+        // A claim no pod mounts is mounted read-only by a helper pod on a
+        // node with an agent.
+        let busy: Vec<String> = claims
+            .iter()
+            .filter_map(|c| c.pod.as_ref().map(|p| p.node.clone()))
+            .collect();
+        let mut helpers: Vec<(String, String)> = Vec::new();
+        let mut claims = claims;
+        for c in claims.iter_mut().filter(|c| c.pod.is_none()) {
             let key = format!("{}/{}", c.namespace, c.claim);
-            let Some(pod) = c.pod else {
+            let Some(node) = helper_node(cluster, &c.pvc, &busy).await else {
                 problems.push(ClaimProblem {
                     claim: key,
                     node: None,
-                    reason: "no running pod mounts it, so no node agent can read it (helper \
-                             pods for unmounted claims are not implemented yet)"
+                    reason: "no running pod mounts it and no node for a helper pod is known (no \
+                             selected-node annotation, no node affinity on its volume, no other \
+                             claim of the set on a node)"
                         .into(),
                 });
+                continue;
+            };
+            let name = crate::agent::helper::name("drctl-backup", &c.claim, set_id);
+            let h = crate::agent::helper::Helper {
+                namespace: c.namespace.clone(),
+                name: name.clone(),
+                claim: c.claim.clone(),
+                node: node.clone(),
+                block: c.pvc.pointer("/spec/volumeMode").and_then(Value::as_str) == Some("Block"),
+                read_only: true,
+                image: opts.helper_image.clone(),
+                purpose: ("drctl.io/backup", set_id),
+            };
+            let started = match crate::agent::helper::start(cluster, &h).await {
+                Ok(()) => {
+                    helpers.push((c.namespace.clone(), name.clone()));
+                    crate::agent::helper::running(cluster, &c.namespace, &name, opts.pod_timeout)
+                        .await
+                }
+                Err(why) => Err(why),
+            };
+            match started {
+                Ok(uid) => {
+                    tracing::info!(claim = %key, node = %node, pod = %name, "helper pod mounts the claim");
+                    c.pod = Some(PodOnNode { name, uid, node });
+                }
+                Err(why) => problems.push(ClaimProblem {
+                    claim: key,
+                    node: Some(node),
+                    reason: format!("no running pod mounts it, and {why}"),
+                }),
+            }
+        }
+        for c in claims {
+            let key = format!("{}/{}", c.namespace, c.claim);
+            let Some(pod) = c.pod else {
                 continue;
             };
             let job = VolumeJob {
@@ -149,8 +198,9 @@ pub async fn backup_namespaces(
             opts.timeout,
             "backup",
         )
-        .await?;
-        for j in done {
+        .await;
+        crate::agent::helper::remove(cluster, &helpers).await;
+        for j in done? {
             let claim = j
                 .params
                 .get("name")
@@ -372,7 +422,43 @@ async fn selected_namespaces(cluster: &Cluster, scope: &Scope) -> Result<Vec<Str
 struct ClaimUse {
     namespace: String,
     claim: String,
+    pvc: Value,
     pod: Option<PodOnNode>,
+}
+
+/// The node for a helper pod of a claim no pod mounts: the node the claim
+/// was provisioned for (`volume.kubernetes.io/selected-node`), else the
+/// single node its volume's affinity allows (a local volume), else the
+/// node of the first other claim of the set (an agent works there).
+async fn helper_node(cluster: &Cluster, pvc: &Value, busy: &[String]) -> Option<String> {
+    if let Some(n) = pvc
+        .pointer("/metadata/annotations/volume.kubernetes.io~1selected-node")
+        .and_then(Value::as_str)
+    {
+        return Some(n.to_string());
+    }
+    if let Some(pv) = pvc.pointer("/spec/volumeName").and_then(Value::as_str)
+        && let Ok(pv) = cluster
+            .get(&format!("/api/v1/persistentvolumes/{pv}"))
+            .await
+    {
+        let hosts: Vec<&str> = pv
+            .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("matchExpressions").and_then(Value::as_array))
+            .flatten()
+            .filter(|e| e["key"] == "kubernetes.io/hostname" && e["operator"] == "In")
+            .filter_map(|e| e["values"].as_array())
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if hosts.len() == 1 {
+            return Some(hosts[0].to_string());
+        }
+    }
+    busy.first().cloned()
 }
 
 struct PodOnNode {
@@ -446,6 +532,7 @@ async fn claims_and_pods(cluster: &Cluster, namespaces: &[String]) -> Result<Vec
             out.push(ClaimUse {
                 namespace: ns.clone(),
                 claim: claim.into(),
+                pvc: c.clone(),
                 pod: mounted.remove(claim),
             });
         }

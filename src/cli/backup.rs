@@ -117,6 +117,12 @@ pub(crate) struct NamespacesArgs {
     /// before the claim is reported as not backed up.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     agent_timeout: u64,
+    /// Seconds a helper pod (for a claim no pod mounts) may take to run.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pod_timeout: u64,
+    /// The image of the helper pods: it only holds the claim mounted.
+    #[arg(long, env = "DRCTL_HELPER_IMAGE", default_value = crate::agent::helper::DEFAULT_IMAGE)]
+    helper_image: String,
     /// Seconds the whole set may take.
     #[arg(long, value_name = "SECONDS", default_value_t = 6 * 3600)]
     timeout: u64,
@@ -270,8 +276,10 @@ impl BackupCommand {
                     &args.name,
                     crate::backup::SetOptions {
                         agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
+                        pod_timeout: std::time::Duration::from_secs(args.pod_timeout),
                         timeout: std::time::Duration::from_secs(args.timeout),
                         retain_until: retention(&loaded.config, args.retention),
+                        helper_image: args.helper_image,
                     },
                 )
                 .await?;

@@ -69,7 +69,7 @@ pub(crate) struct NamespacesArgs {
     #[arg(
         long,
         env = "DRCTL_HELPER_IMAGE",
-        default_value = "registry.k8s.io/pause:3.10"
+        default_value = crate::agent::helper::DEFAULT_IMAGE
     )]
     helper_image: String,
 }

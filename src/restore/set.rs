@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::resources::plan::{Action, Outcome, Phase, Step};
 use super::resources::{self, Options as ResourceOptions};
+use crate::agent::helper::{self, Helper};
 use crate::agent::restore::RestoreJob;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -322,7 +323,11 @@ pub async fn restore(
     } else {
         for c in &mut claims {
             if c.action == ClaimAction::Restore {
-                c.helper_pod = Some(helper_name(c, restore_id));
+                c.helper_pod = Some(helper::name(
+                    "drctl-restore",
+                    c.namespace_and_name().1,
+                    restore_id,
+                ));
             }
         }
     }
@@ -353,14 +358,6 @@ pub async fn restore(
     })
 }
 
-fn helper_name(c: &ClaimStep, restore_id: Uuid) -> String {
-    let (_, name) = c.namespace_and_name();
-    let tag = &restore_id.simple().to_string()[24..];
-    let mut base = format!("drctl-restore-{name}");
-    base.truncate(63 - 1 - tag.len());
-    format!("{}-{tag}", base.trim_end_matches(['-', '.']))
-}
-
 /// The data phase: helper pods, the agents' jobs (answering their key
 /// offers with grants), the helpers removed. Each claim ends with its
 /// outcome; an error only when the catalog or the API fails outright.
@@ -385,9 +382,20 @@ async fn restore_data(
     let mut helpers: Vec<(usize, String)> = Vec::new();
     for &i in &todo {
         let c = &mut claims[i];
-        let name = helper_name(c, restore_id);
+        let name = helper::name("drctl-restore", c.namespace_and_name().1, restore_id);
         c.helper_pod = Some(name.clone());
-        match start_helper(cluster, c, &name, restore_id, opts).await {
+        let (ns, claim) = c.namespace_and_name();
+        let pod = Helper {
+            namespace: ns.to_string(),
+            name: name.clone(),
+            claim: claim.to_string(),
+            node: c.node.clone().unwrap_or_default(),
+            block: c.block,
+            read_only: false,
+            image: opts.helper_image.clone(),
+            purpose: ("drctl.io/restore", restore_id),
+        };
+        match helper::start(cluster, &pod).await {
             Ok(()) => helpers.push((i, name)),
             Err(why) => {
                 c.outcome = Some(ClaimOutcome::Failed);
@@ -400,7 +408,7 @@ async fn restore_data(
         let c = &mut claims[*i];
         let (ns, claim) = c.namespace_and_name();
         let (ns, claim) = (ns.to_string(), claim.to_string());
-        match running(cluster, &ns, name, opts.pod_timeout).await {
+        match helper::running(cluster, &ns, name, opts.pod_timeout).await {
             Ok(uid) => {
                 let job = RestoreJob {
                     restore_id,
@@ -450,20 +458,11 @@ async fn restore_data(
         }
     };
     // The helpers go whatever happened: a workload's pod needs the volume.
-    for (i, name) in &helpers {
-        let ns = claims[*i].namespace_and_name().0;
-        let url = format!("/api/v1/namespaces/{ns}/pods/{name}");
-        if let Err(e) = cluster
-            .send::<Value>("DELETE", &url, Some("application/json"), b"{}".to_vec())
-            .await
-        {
-            tracing::warn!(pod = %name, error = %e, "helper pod not deleted");
-        }
-    }
-    for (i, name) in &helpers {
-        let ns = claims[*i].namespace_and_name().0.to_string();
-        gone(cluster, &ns, name).await;
-    }
+    let pods: Vec<(String, String)> = helpers
+        .iter()
+        .map(|(i, name)| (claims[*i].namespace_and_name().0.to_string(), name.clone()))
+        .collect();
+    helper::remove(cluster, &pods).await;
     let rows = waited?;
     for (i, id) in &jobs {
         let c = &mut claims[*i];
@@ -537,187 +536,10 @@ async fn answer_offers(
     }
 }
 
-/// Creates the helper pod of claim `c` on its node. For a claim not bound
-/// yet, the node goes on the claim as the scheduler would put it
-/// (`volume.kubernetes.io/selected-node`), so a class that waits for the
-/// first consumer provisions the volume there.
-async fn start_helper(
-    cluster: &Cluster,
-    c: &ClaimStep,
-    name: &str,
-    restore_id: Uuid,
-    opts: &Options,
-) -> std::result::Result<(), String> {
-    let (ns, claim) = c.namespace_and_name();
-    let node = c.node.as_deref().unwrap_or_default();
-    let claim_url = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}");
-    let pvc: Value = match cluster.try_get(&claim_url).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(r)) => return Err(format!("cannot read the claim: {} {}", r.code, r.message)),
-        Err(e) => return Err(e.what().to_string()),
-    };
-    if pvc
-        .pointer("/spec/volumeName")
-        .and_then(Value::as_str)
-        .is_none()
-    {
-        let patch = json!({"metadata": {"annotations": {
-            "volume.kubernetes.io/selected-node": node}}});
-        match cluster
-            .send::<Value>(
-                "PATCH",
-                &claim_url,
-                Some("application/merge-patch+json"),
-                serde_json::to_vec(&patch).unwrap(),
-            )
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(r)) => {
-                return Err(format!(
-                    "cannot mark the claim for node {node}: {} {}",
-                    r.code, r.message
-                ));
-            }
-            Err(e) => return Err(e.what().to_string()),
-        }
-    }
-    let mount = if c.block {
-        json!({"volumeDevices": [{"name": "data", "devicePath": "/dev/drctl-restore"}]})
-    } else {
-        json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]})
-    };
-    let mut container = json!({
-        "name": "hold",
-        "image": opts.helper_image,
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}},
-    });
-    container
-        .as_object_mut()
-        .unwrap()
-        .extend(mount.as_object().unwrap().clone());
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {
-                "app.kubernetes.io/managed-by": "drctl",
-                "drctl.io/restore": restore_id.to_string(),
-            },
-            "annotations": {"drctl.io/purpose": "holds the claim mounted while drctl agent writes its data"},
-        },
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [container],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    });
-    match cluster
-        .send::<Value>(
-            "POST",
-            &format!("/api/v1/namespaces/{ns}/pods"),
-            Some("application/json"),
-            serde_json::to_vec(&pod).unwrap(),
-        )
-        .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(r)) => Err(format!(
-            "cannot create helper pod {name}: {} {}",
-            r.code, r.message
-        )),
-        Err(e) => Err(e.what().to_string()),
-    }
-}
-
-/// Waits until the helper pod runs (its volume bound and mounted); its uid.
-async fn running(
-    cluster: &Cluster,
-    ns: &str,
-    name: &str,
-    timeout: Duration,
-) -> std::result::Result<String, String> {
-    let url = format!("/api/v1/namespaces/{ns}/pods/{name}");
-    let deadline = Instant::now() + timeout;
-    let mut last: Value;
-    loop {
-        match cluster.try_get::<Value>(&url).await {
-            Ok(Ok(p)) => {
-                match p.pointer("/status/phase").and_then(Value::as_str) {
-                    Some("Running") => {
-                        return p
-                            .pointer("/metadata/uid")
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                            .ok_or_else(|| format!("helper pod {name} has no uid"));
-                    }
-                    Some(phase @ ("Failed" | "Succeeded")) => {
-                        return Err(format!(
-                            "helper pod {name} ended ({phase}) before the data was written"
-                        ));
-                    }
-                    _ => {}
-                }
-                last = p;
-            }
-            Ok(Err(r)) => return Err(format!("helper pod {name}: {} {}", r.code, r.message)),
-            Err(e) => return Err(e.what().to_string()),
-        }
-        if Instant::now() > deadline {
-            let said: Vec<String> = last
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.get("message").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect();
-            return Err(format!(
-                "helper pod {name} did not run within {} s{} (is the claim bound, the image \
-                 pullable, the node up? `kubectl -n {ns} describe pod {name}`)",
-                timeout.as_secs(),
-                if said.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", said.join("; "))
-                }
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits (a while) until a deleted helper pod is gone: its volume is then
-/// unmounted and free for the workload's pod.
-async fn gone(cluster: &Cluster, ns: &str, name: &str) {
-    let url = format!("/api/v1/namespaces/{ns}/pods/{name}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(Err(r)) = cluster.try_get::<Value>(&url).await
-            && r.code == 404
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tracing::warn!(pod = %name, namespace = %ns, "helper pod still there after 60 s");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn workloads_use_the_claims_of_their_pod_templates_and_statefulset_templates() {

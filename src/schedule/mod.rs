@@ -104,6 +104,9 @@ pub enum SourceSpec {
         /// A claim's job waits this long for its node's agent.
         #[serde(default = "default_agent_timeout")]
         agent_timeout_seconds: u64,
+        /// The image of the helper pods that mount claims no pod mounts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        helper_image: Option<String>,
     },
 }
 

@@ -236,6 +236,7 @@ async fn backup(shared: &Shared, spec: &ScheduleSpec) -> Result<Outcome> {
         }
         SourceSpec::Namespaces {
             agent_timeout_seconds,
+            helper_image,
             ..
         } => {
             let scope = spec
@@ -256,8 +257,12 @@ async fn backup(shared: &Shared, spec: &ScheduleSpec) -> Result<Outcome> {
                 &spec.name,
                 crate::backup::SetOptions {
                     agent_timeout: std::time::Duration::from_secs(*agent_timeout_seconds),
+                    pod_timeout: std::time::Duration::from_secs(300),
                     timeout: std::time::Duration::from_secs(6 * 3600),
                     retain_until: lock_until(&config, spec),
+                    helper_image: helper_image
+                        .clone()
+                        .unwrap_or_else(|| crate::agent::helper::DEFAULT_IMAGE.into()),
                 },
             )
             .await?;
