@@ -514,7 +514,7 @@ async fn a_node_without_an_agent_is_reported_and_an_unmounted_claim_read_through
     shop.nodes[0].start(&shop.env); // node-b has no agent
     shop.nodes[0].started(&shop.env);
     shop.cluster.ok(&["delete", "pod", "-n", "shop", "pg-0"]);
-    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
+    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks(), None);
     let (out, set, _) = shop.backup(&["--agent-timeout", "2"]);
     assert_eq!(out.status.code(), Some(8), "{set:#}");
     let reason = |claim: &str| {
@@ -578,7 +578,14 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    fn start(cluster: &Cluster, nodes: &[Node], disks: Vec<(String, PathBuf)>) -> Kubelet {
+    /// `small`: a claim (`ns/claim`) whose new volume is a 1 MiB tmpfs,
+    /// too small for its data.
+    fn start(
+        cluster: &Cluster,
+        nodes: &[Node],
+        disks: Vec<(String, PathBuf)>,
+        small: Option<&str>,
+    ) -> Kubelet {
         use std::sync::atomic::Ordering;
         let addr = cluster.running.addr;
         let roots: Vec<(String, PathBuf)> = nodes
@@ -590,9 +597,10 @@ impl Kubelet {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (m, s) = (mounts.clone(), stop.clone());
         let mut disks: std::collections::HashMap<String, PathBuf> = disks.into_iter().collect();
+        let small = small.map(str::to_string);
         let task = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
-                kubelet_round(addr, &roots, &m, &mut disks).await;
+                kubelet_round(addr, &roots, &m, &mut disks, small.as_deref()).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -618,6 +626,15 @@ impl Drop for Kubelet {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.task.take() {
             t.abort();
+        }
+        for path in self.mounts.lock().unwrap().values() {
+            if path.is_dir() {
+                // Only the small volume is a mount; others are not and fail.
+                let _ = std::process::Command::new("umount")
+                    .arg(path)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
         }
     }
 }
@@ -647,6 +664,7 @@ async fn kubelet_round(
     roots: &[(String, PathBuf)],
     mounts: &std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
     disks: &mut std::collections::HashMap<String, PathBuf>,
+    small: Option<&str>,
 ) {
     const MERGE: &str = "application/merge-patch+json";
     let claims = items(
@@ -741,7 +759,19 @@ async fn kubelet_round(
                     // The disk moves to the pod that mounts it now.
                     Some(disk) => std::fs::rename(disk, &path).unwrap(),
                     None if block => drop(std::fs::File::create(&path).unwrap()),
-                    None => std::fs::create_dir(&path).unwrap(),
+                    None => {
+                        std::fs::create_dir(&path).unwrap();
+                        if small == Some(format!("{ns}/{claim}").as_str()) {
+                            let (out, _, stderr) = run(std::process::Command::new("mount")
+                                .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+                                .arg(&path));
+                            assert!(
+                                out.status.success(),
+                                "mount a 1 MiB tmpfs as a full volume (the test runs as root, as \
+                                 the CI does): {stderr}"
+                            );
+                        }
+                    }
                 }
                 disks.insert(pv.to_string(), path.clone());
             }
@@ -886,7 +916,7 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
     let (out, set, stderr) = shop.backup(&[]);
     assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
     let originals = shop.copies();
-    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
+    let kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks(), None);
 
     // A copy beside the original, which keeps running.
     let mapped = ["--namespace-mapping", "shop=shop-copy"];
@@ -921,6 +951,29 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
         .find(|s| s["kind"] == "PersistentVolume")
         .unwrap();
     assert_eq!(pv["action"], "skip", "{pv:#}");
+    // The plan as on-call reads it: objects, then each claim's data with
+    // its node, then the workloads.
+    let page = shop.env.ok(&[
+        "restore",
+        "namespaces",
+        "shop@latest",
+        "--dry-run",
+        "--namespace-mapping",
+        "shop=shop-copy",
+        "--identity",
+        shop.env.identity.to_str().unwrap(),
+    ]);
+    eprintln!("{page}");
+    for want in [
+        "plan to restore set",
+        "objects up to the claims first, then each claim's data, then the workloads",
+        "restore   shop-copy/pgdata (from shop/pgdata)",
+        "each claim's data, before any workload",
+        "on node-a via helper pod drctl-restore-pgdata-",
+        "StatefulSet shop-copy/db",
+    ] {
+        assert!(page.contains(want), "{want}:\n{page}");
+    }
     let text = shop.cluster.ok(&["get", "namespaces"]);
     assert!(
         !text.contains("shop-copy"),
@@ -1003,13 +1056,19 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() {
+async fn claims_that_cannot_get_their_data_are_named_and_their_workloads_held_back() {
     let mut shop = Shop::new(0).await;
     shop.start_agents();
     let (out, set, stderr) = shop.backup(&[]);
     assert!(out.status.success(), "{set:#}\n{stderr}\n{}", shop.logs());
     shop.nodes[1].kill(); // node-b: data-db-1 and raw
-    let _kubelet = Kubelet::start(&shop.cluster, &shop.nodes, shop.disks());
+    // pgdata's new volume is 1 MiB: too small for a PostgreSQL data dir.
+    let kubelet = Kubelet::start(
+        &shop.cluster,
+        &shop.nodes,
+        shop.disks(),
+        Some("shop-b/pgdata"),
+    );
     let (out, report, stderr) =
         shop.restore(&["--namespace-mapping", "shop=shop-b", "--agent-timeout", "3"]);
     assert_eq!(out.status.code(), Some(8), "{report:#}\n{stderr}");
@@ -1023,7 +1082,24 @@ async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() 
             .contains("no drctl agent on node node-b"),
         "{db1:#}"
     );
-    assert_eq!(claim_step(&report, "shop-b/pgdata")["outcome"], "restored");
+    assert_eq!(
+        claim_step(&report, "shop-b/data-db-0")["outcome"],
+        "restored"
+    );
+    let pg = claim_step(&report, "shop-b/pgdata");
+    assert_eq!(pg["outcome"], "failed", "{pg:#}");
+    let why = pg["reason"].as_str().unwrap();
+    assert!(
+        why.contains("the data of claim shop-b/pgdata on node node-a is")
+            && why.contains("and its volume has 1.00 MiB free"),
+        "{why}"
+    );
+    let small = kubelet.mount("shop-b/pgdata");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "nothing written into the small volume"
+    );
     let step = |kind: &str, name: &str| {
         report["resources"]["steps"]
             .as_array()
@@ -1035,12 +1111,17 @@ async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() 
     };
     // The StatefulSet whose second claim has no data, and the pod of the
     // raw claim, would start on empty volumes: not applied, and said so.
-    for (kind, name) in [("StatefulSet", "db"), ("Pod", "raw-0"), ("Pod", "db-1")] {
+    for (kind, name) in [
+        ("StatefulSet", "db"),
+        ("Pod", "raw-0"),
+        ("Pod", "db-1"),
+        ("Pod", "pg-0"),
+    ] {
         let s = step(kind, name);
         assert_eq!(s["outcome"], "failed", "{s:#}");
         assert!(s["reason"].as_str().unwrap().contains("held back"), "{s:#}");
     }
-    assert_eq!(step("Pod", "pg-0")["outcome"], "created");
+    assert_eq!(step("Pod", "db-0")["outcome"], "created");
     assert_eq!(step("Deployment", "web")["outcome"], "created");
     let there = shop
         .cluster
@@ -1052,8 +1133,8 @@ async fn a_claim_whose_node_has_no_agent_is_named_and_its_workloads_held_back() 
         .filter_map(|o| o["metadata"]["name"].as_str())
         .collect();
     assert!(
-        !names.contains(&"db") && !names.contains(&"raw-0"),
+        !names.contains(&"db") && !names.contains(&"raw-0") && !names.contains(&"pg-0"),
         "{names:?}"
     );
-    assert!(names.contains(&"pg-0"), "{names:?}");
+    assert!(names.contains(&"db-0"), "{names:?}");
 }

@@ -500,15 +500,16 @@ fn render_set(r: &crate::restore::set::Report) -> String {
         },
         r.set_id
     );
-    t.push_str(&super::resources::render_restore(&r.resources));
-    t.push_str("claims' data (written before any workload is applied):\n");
+    // The claims' data goes where it happens: after the claims, before
+    // the first workload.
+    let mut claims = String::from("         each claim's data, before any workload:\n");
     for c in &r.claims {
         let what = match (c.outcome, c.action) {
             (Some(o), _) => serde_json::to_value(o).unwrap(),
             (None, a) => serde_json::to_value(a).unwrap(),
         };
-        t.push_str(&format!(
-            "  {:<9} {}{} {}{}{}{}\n",
+        claims.push_str(&format!(
+            "         {:<9} {}{} {}{}{}{}\n",
             what.as_str().unwrap_or(""),
             c.claim,
             c.from
@@ -531,6 +532,19 @@ fn render_set(r: &crate::restore::set::Report) -> String {
                 .unwrap_or_default(),
         ));
     }
+    let resources = super::resources::render_restore(&r.resources);
+    let first_workload = r
+        .resources
+        .steps
+        .iter()
+        .find(|s| s.phase >= crate::restore::resources::plan::Phase::Workloads)
+        .map(|s| format!("  {:>5}  ", s.order));
+    let at = first_workload
+        .and_then(|p| resources.find(&format!("\n{p}")).map(|i| i + 1))
+        .unwrap_or(resources.len());
+    t.push_str(&resources[..at]);
+    t.push_str(&claims);
+    t.push_str(&resources[at..]);
     t.push_str(&format!("took {:.1} s\n", r.seconds));
     t
 }
