@@ -188,7 +188,7 @@ fn check<'a>(report: &'a Value, source: &str, name: &str) -> &'a Value {
 
 /// Where test artifacts (screenshots) are kept: beside the build, so CI on
 /// the same machine keeps them.
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     let dir = std::env::var_os("DRCTL_TEST_ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

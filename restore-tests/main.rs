@@ -9,6 +9,7 @@ mod apiserver;
 mod bucket_writer;
 mod catalog;
 mod cli;
+mod dashboard;
 mod drill;
 mod etcd;
 mod fault_proxy;

@@ -13,7 +13,7 @@ use crate::harness::{self, VolumeEnv, services};
 /// A running `drctl server`, killed when dropped.
 pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Server {
@@ -24,7 +24,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(env: &VolumeEnv) -> Server {
+    pub(crate) fn start(env: &VolumeEnv) -> Server {
         Self::start_with(env, "server.log", &[])
     }
 
@@ -118,13 +118,13 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
 /// Polls `f` every 250 ms until it returns Some, or panics after `secs`.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     secs: u64,
     what: &str,
     log: &std::path::Path,

@@ -336,6 +336,46 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// One page of backups, newest first, and how many match in all: what
+    /// the dashboard shows (it never reads every row).
+    pub async fn backups_page(
+        &self,
+        repo: Uuid,
+        kind: Option<&str>,
+        name: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<BackupRow>, i64)> {
+        let rows: Vec<BackupRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+               AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR name = $3) \
+             ORDER BY started_at DESC, id DESC OFFSET $4 LIMIT $5"
+        ))
+        .bind(repo)
+        .bind(kind)
+        .bind(name)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM backups WHERE repository_id = $1 AND deleted_at IS NULL \
+               AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR name = $3)",
+        )
+        .bind(repo)
+        .bind(kind)
+        .bind(name)
+        .fetch_one(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok((rows, total))
+    }
+
     /// What a backup holds, from its items: for a resources backup the
     /// objects per namespace (`""`: cluster-scoped) and per kind; for a
     /// volume the files, directories and other entries.

@@ -1121,7 +1121,7 @@ fn html_inline(out: &mut String, spans: &[Span]) {
 }
 
 /// Every character that can end text or an attribute value in HTML.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -1294,6 +1294,17 @@ struct Series {
     axis: Axis,
     objective: Option<f64>,
     value: fn(&TrendPoint) -> f64,
+}
+
+/// The RTO/RPO trend of `points` as an inline SVG figure (the dashboard's).
+pub(crate) fn trend_chart(
+    points: &[TrendPoint],
+    rto_objective: Option<f64>,
+    rpo_objective: Option<f64>,
+) -> String {
+    let mut out = String::new();
+    trend_svg(&mut out, points, rto_objective, rpo_objective);
+    out
 }
 
 /// RTO and RPO differ by orders of magnitude (minutes against hours), so

@@ -42,6 +42,7 @@ pub async fn serve(
         .route("/api/v1/schedules/{name}/run", post(run_now))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/backups", get(backups))
+        .merge(super::ui::routes())
         .with_state(shared);
     if let Some(acceptor) = tls {
         return super::tls::serve(listener, acceptor, app, stop).await;
@@ -78,27 +79,26 @@ fn error(e: &Error) -> Response {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Role {
+pub(super) enum Role {
     Viewer,
     Operator,
 }
 
-/// Checks the request's bearer token against the tokens file (read on
-/// each call, so a rotated file takes effect at once). The file holds
-/// SHA-256 hashes, never tokens.
-async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(), Response> {
-    let refuse = |status: StatusCode, message: &str, guidance: &str| {
-        let mut r = json(
-            status,
-            &serde_json::json!({"error": {"kind": "permission", "message": message, "guidance": guidance}}),
-        );
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("valid header"),
-            );
-        }
-        r
+/// Why a caller is refused: the status, what is wrong, what to do.
+pub(super) struct Refused {
+    pub status: StatusCode,
+    pub message: &'static str,
+    pub guidance: &'static str,
+}
+
+/// The role of `token` (the request's bearer token, or the dashboard's
+/// cookie) by the tokens file, read on each call so a rotated file takes
+/// effect at once. The file holds SHA-256 hashes, never tokens.
+pub(super) async fn role(shared: &Shared, token: Option<&str>) -> Result<Role, Refused> {
+    let refuse = |status, message, guidance| Refused {
+        status,
+        message,
+        guidance,
     };
     let Some(path) = shared.config().server.tokens_file.clone() else {
         return Err(refuse(
@@ -107,13 +107,7 @@ async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(
             "set server.tokens_file (lines of `ROLE SHA256-HEX`, roles viewer and operator)",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = presented else {
+    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "no bearer token",
@@ -131,20 +125,40 @@ async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(
             ));
         }
     };
-    let role = role_of(&tokens, token);
-    match role {
-        None => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "the token is not known",
-            "use a token whose SHA-256 is in server.tokens_file",
-        )),
-        Some(r) if r < need => Err(refuse(
-            StatusCode::FORBIDDEN,
-            "this token's role (viewer) may only read",
-            "use an operator token to pause, resume or run schedules",
-        )),
-        Some(_) => Ok(()),
+    role_of(&tokens, token).ok_or(refuse(
+        StatusCode::UNAUTHORIZED,
+        "the token is not known",
+        "use a token whose SHA-256 is in server.tokens_file",
+    ))
+}
+
+/// Checks the request's bearer token for role `need`.
+async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(), Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refused = match role(shared, presented).await {
+        Ok(r) if r >= need => return Ok(()),
+        Ok(_) => Refused {
+            status: StatusCode::FORBIDDEN,
+            message: "this token's role (viewer) may only read",
+            guidance: "use an operator token to pause, resume or run schedules",
+        },
+        Err(r) => r,
+    };
+    let mut r = json(
+        refused.status,
+        &serde_json::json!({"error": {"kind": "permission", "message": refused.message,
+            "guidance": refused.guidance}}),
+    );
+    if refused.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
     }
+    Err(r)
 }
 
 /// The role the tokens file gives `token`: lines `ROLE SHA256-HEX`, `#`
@@ -196,7 +210,7 @@ async fn readyz(State(shared): S) -> Response {
 }
 
 /// Whether the store answers a read of the repository config in time.
-async fn store_answers(shared: &Shared) -> Result<(), String> {
+pub(super) async fn store_answers(shared: &Shared) -> Result<(), String> {
     let store = shared.repo.store.clone();
     let probe = tokio::task::spawn_blocking(move || store.head(crate::repo::CONFIG_KEY));
     let answered = match tokio::time::timeout(Duration::from_secs(10), probe).await {

@@ -16,6 +16,7 @@
 mod http;
 pub mod metrics;
 mod tls;
+mod ui;
 pub mod views;
 pub(crate) mod worker;
 
