@@ -391,6 +391,39 @@ async fn the_server_backs_up_on_schedule_keeps_what_retention_says_and_answers_b
         metric(&scrape, "drctl_backup_bytes_read_total", Some("vol")).unwrap_or(0.0) >= 300_000.0,
         "{text}"
     );
+    // What the alerts measure comes from the catalog, so every replica
+    // (and a restarted one) says the same.
+    let (created, last): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT s.created_at, (SELECT max(finished_at) FROM jobs WHERE schedule = 'vol' \
+               AND kind = 'backup' AND state = 'succeeded') FROM schedules s WHERE name = 'vol'",
+        )
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &scrape,
+            "drctl_schedule_created_timestamp_seconds",
+            Some("vol")
+        ),
+        Some(created.timestamp() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "drctl_backup_last_success_timestamp_seconds",
+            Some("vol")
+        ),
+        Some(last.timestamp() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&scrape, "drctl_schedule_rpo_objective_seconds", Some("vol")),
+        None,
+        "no objective configured: {text}"
+    );
 
     // Paused from the CLI: the API says so, and a pause survives until resumed.
     env.ok(&["schedule", "pause", "vol"]);
@@ -939,12 +972,25 @@ async fn sighup_reloads_the_schedules_a_bad_file_changes_nothing_and_gc_runs_on_
         Some(1.0),
         "{text}"
     );
-    let gc: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'gc' AND state = 'succeeded'")
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
-    assert!(gc >= 1);
+    let gc: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT max(finished_at) FROM jobs WHERE kind = 'gc' AND state = 'succeeded'",
+    )
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    let gc = gc.expect("a gc run succeeded");
+    let (_, text) = server.call("GET", "/metrics", None);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(
+        metric(&scrape, "drctl_gc_last_success_timestamp_seconds", None)
+            >= Some(gc.timestamp() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&scrape, "drctl_gc_expected_interval_seconds", None),
+        Some(60.0),
+        "gc_cron every minute: {text}"
+    );
 
     // Gone from the file: no longer scheduled, its backups kept.
     std::fs::write(

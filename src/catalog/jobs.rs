@@ -708,6 +708,41 @@ impl Catalog {
             .collect())
     }
 
+    /// What the alerts measure from the catalog, read at scrape time so
+    /// every replica reports the same and a restart forgets nothing: per
+    /// schedule in the configuration, when it was first seen and when its
+    /// newest successful backup finished; when gc last succeeded.
+    #[allow(clippy::type_complexity)]
+    pub async fn health_times(
+        &self,
+        repo: Uuid,
+    ) -> Result<(
+        Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)>,
+        Option<DateTime<Utc>>,
+    )> {
+        let rows: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT s.name, s.created_at, (SELECT max(finished_at) FROM jobs j \
+               WHERE j.repository_id = s.repository_id AND j.schedule = s.name \
+               AND j.kind = 'backup' AND j.state = 'succeeded') \
+             FROM schedules s WHERE s.repository_id = $1 AND s.removed_at IS NULL",
+        )
+        .bind(repo)
+        .fetch_all(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        let gc: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT max(finished_at) FROM jobs WHERE repository_id = $1 AND kind = 'gc' \
+               AND state = 'succeeded'",
+        )
+        .bind(repo)
+        .fetch_one(self.pool())
+        .bounded()
+        .await
+        .map_err(query_error)?;
+        Ok((rows, gc))
+    }
+
     /// The newest jobs of one kind (gc's schedule reads its last run).
     pub async fn jobs_of_kind(&self, repo: Uuid, kind: &str, limit: i64) -> Result<Vec<JobRow>> {
         let rows = sqlx::query(concat!(

@@ -237,6 +237,20 @@ async fn metrics(State(shared): S) -> Response {
         Ok(runs) => shared.metrics.drills(&runs),
         Err(e) => tracing::warn!(error = %e, "drill metrics not updated"),
     }
+    match shared.catalog.health_times(shared.repo_id).await {
+        Ok((schedules, gc)) => {
+            let gc_every = shared
+                .config()
+                .server
+                .gc_cron
+                .as_deref()
+                .and_then(|c| crate::schedule::Cron::parse(c, "UTC").ok())
+                .and_then(|c| c.interval_after(shared.clock.now()))
+                .map(|d| d.num_seconds() as f64);
+            shared.metrics.health(&schedules, gc, gc_every);
+        }
+        Err(e) => tracing::warn!(error = %e, "schedule and gc gauges not updated"),
+    }
     let _ = store_answers(&shared).await;
     (
         StatusCode::OK,

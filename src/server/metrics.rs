@@ -62,6 +62,10 @@ pub struct Metrics {
     bytes_read: PerSchedule<Counter>,
     bytes_written: PerSchedule<Counter>,
     expected_interval: PerSchedule<FloatGauge>,
+    rpo_objective: PerSchedule<FloatGauge>,
+    created: PerSchedule<FloatGauge>,
+    gc_last_success: FloatGauge,
+    gc_expected_interval: FloatGauge,
     next_run: PerSchedule<FloatGauge>,
     paused: PerSchedule<Gauge>,
     missed: PerSchedule<Counter>,
@@ -107,6 +111,10 @@ impl Metrics {
             bytes_read: Default::default(),
             bytes_written: Default::default(),
             expected_interval: Default::default(),
+            rpo_objective: Default::default(),
+            created: Default::default(),
+            gc_last_success: Default::default(),
+            gc_expected_interval: Default::default(),
             next_run: Default::default(),
             paused: Default::default(),
             missed: Default::default(),
@@ -217,6 +225,16 @@ impl Metrics {
             m.expected_interval.clone(),
         );
         r.register(
+            "schedule_rpo_objective_seconds",
+            "The schedule's RPO objective (rpo_seconds); absent when it has none",
+            m.rpo_objective.clone(),
+        );
+        r.register(
+            "schedule_created_timestamp_seconds",
+            "When the schedule was first seen in the configuration (from the catalog)",
+            m.created.clone(),
+        );
+        r.register(
             "schedule_next_run_timestamp_seconds",
             "Unix time of the schedule's next slot",
             m.next_run.clone(),
@@ -235,6 +253,16 @@ impl Metrics {
             "gc_runs",
             "Garbage collection runs finished",
             m.gc_runs.clone(),
+        );
+        r.register(
+            "gc_last_success_timestamp_seconds",
+            "When the newest successful gc run finished (from the catalog); absent until one has",
+            m.gc_last_success.clone(),
+        );
+        r.register(
+            "gc_expected_interval_seconds",
+            "Time between the next two slots of server.gc_cron; absent without one",
+            m.gc_expected_interval.clone(),
         );
         r.register(
             "gc_deleted_objects",
@@ -309,6 +337,44 @@ impl Metrics {
             self.expected_interval
                 .get_or_create(&l)
                 .set(every.num_seconds() as f64);
+        }
+        match row.spec.rpo_seconds {
+            Some(o) => {
+                self.rpo_objective.get_or_create(&l).set(o as f64);
+            }
+            None => {
+                self.rpo_objective.remove(&l);
+            }
+        }
+    }
+
+    /// What the catalog says of the schedules and gc, read at scrape time
+    /// ([`crate::catalog::Catalog::health_times`]): every replica reports
+    /// the same, and a restarted one forgets nothing. `gc_every` is the
+    /// interval of `server.gc_cron`.
+    #[allow(clippy::type_complexity)]
+    pub fn health(
+        &self,
+        schedules: &[(String, DateTime<Utc>, Option<DateTime<Utc>>)],
+        gc_last: Option<DateTime<Utc>>,
+        gc_every: Option<f64>,
+    ) {
+        for (name, created, last) in schedules {
+            let l = Self::label(name);
+            self.created
+                .get_or_create(&l)
+                .set(created.timestamp() as f64);
+            if let Some(t) = last {
+                self.last_success
+                    .get_or_create(&l)
+                    .set(t.timestamp() as f64);
+            }
+        }
+        if let Some(t) = gc_last {
+            self.gc_last_success.set(t.timestamp() as f64);
+        }
+        if let Some(every) = gc_every {
+            self.gc_expected_interval.set(every);
         }
     }
 
