@@ -10,6 +10,8 @@ mod bucket_writer;
 mod catalog;
 mod cli;
 mod dashboard;
+mod deploy;
+mod doctor;
 mod drill;
 mod etcd;
 mod fault_proxy;

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dev;
+pub mod doctor;
 pub mod drill;
 pub mod error;
 pub mod gc;

@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -140,6 +140,7 @@ impl FaultProxy {
             next_request: AtomicU64::new(0),
             lose_put_answers: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            clock_offset: AtomicI64::new(0),
             stats: Counters::default(),
         });
         let (shutdown, stop) = oneshot::channel();
@@ -203,6 +204,12 @@ impl FaultProxy {
         self.state.stalled.store(on, Ordering::SeqCst);
     }
 
+    /// Every answer's `Date` says the server's clock is `seconds` ahead of
+    /// this machine's (behind, when negative): a store whose clock is off.
+    pub fn shift_clock(&self, seconds: i64) {
+        self.state.clock_offset.store(seconds, Ordering::SeqCst);
+    }
+
     /// Turns injection off (every request forwarded at once) or back on.
     /// Requests received while it is off draw no fate: the sequence of fates
     /// resumes where it stopped.
@@ -232,6 +239,9 @@ struct State {
     lose_put_answers: AtomicU64,
     /// Requests are held for ever ([`FaultProxy::stall`]).
     stalled: AtomicBool,
+    /// Seconds added to the server's clock in answers' `Date`
+    /// ([`FaultProxy::shift_clock`]).
+    clock_offset: AtomicI64,
     stats: Counters,
 }
 
@@ -495,6 +505,15 @@ async fn forward(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let offset = state.clock_offset.load(Ordering::SeqCst);
+            if offset != 0 {
+                let date = (chrono::Utc::now() + chrono::Duration::seconds(offset))
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string();
+                parts
+                    .headers
+                    .insert(header::DATE, HeaderValue::from_str(&date).unwrap());
+            }
             Response::from_parts(parts, body.boxed())
         }
         Err(e) => bad_gateway(state, &format!("upstream {upstream}: {e:?}")),
@@ -561,6 +580,7 @@ mod tests {
             next_request: AtomicU64::new(0),
             lose_put_answers: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            clock_offset: AtomicI64::new(0),
             stats: Counters::default(),
         };
         let (a, b) = (state(7), state(7));

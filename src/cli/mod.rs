@@ -9,6 +9,7 @@ mod browse;
 mod catalog;
 mod config;
 mod dev;
+mod doctor;
 mod drill;
 mod gc;
 mod key;
@@ -79,6 +80,10 @@ enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Check the setup in one go: configuration, catalog, bucket, clock,
+    /// etcd, Kubernetes permissions and the age identity, for one role;
+    /// a fix for each failure (docs/doctor.md). Exit 1 when a check failed.
+    Doctor(doctor::DoctorArgs),
     /// Manage the PostgreSQL catalog schema.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
@@ -240,6 +245,7 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
             Ok(())
         }
         Command::Config(cmd) => cmd.run(&ctx, out),
+        Command::Doctor(cmd) => cmd.run(&ctx, out).await,
         Command::Catalog(cmd) => cmd.run(&ctx, out).await,
         Command::Key(cmd) => cmd.run(out),
         Command::Repo(cmd) => cmd.run(&ctx, out),

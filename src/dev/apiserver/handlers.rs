@@ -112,6 +112,12 @@ async fn route(
         ["openapi", "v3", rest @ ..] => openapi::group_version(&rest.join("/"), &state.types())
             .map(|d| ok_json(StatusCode::OK, &d))
             .ok_or_else(|| ApiError::not_found_path(path)),
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] if method == Method::POST => self_subject_access_review(&body),
         ["api", "v1", rest @ ..] => {
             resource(state, method, "", "v1", rest, q, headers, body, path).await
         }
@@ -291,6 +297,19 @@ async fn resource(
             "the server does not allow this method on the requested resource ({path})"
         ))),
     }
+}
+
+/// A SelfSubjectAccessReview (`drctl doctor`): the server authorizes every
+/// request it authenticates, so every review is allowed. Answered, not
+/// stored, as on a real server. JSON only: `kubectl auth can-i` sends its
+/// review as protobuf and does not fall back on the 415.
+fn self_subject_access_review(body: &[u8]) -> Reply {
+    let mut review = json_body(body)?;
+    review["status"] = json!({
+        "allowed": true,
+        "reason": "the stand-in API server authorizes every request it authenticates",
+    });
+    Ok(ok_json(StatusCode::CREATED, &review))
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {

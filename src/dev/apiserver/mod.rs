@@ -14,10 +14,11 @@
 //! revisions as resourceVersions, so an etcd snapshot backed up by drctl and
 //! restored brings back the objects the server then serves.
 //!
-//! What it does not do: authentication and authorization (any bearer token
-//! is accepted), admission, defaulting beyond the server-set metadata,
-//! schema validation of built-in kinds, controllers (a Deployment makes no
-//! ReplicaSet), protobuf and Table output (clients fall back to JSON).
+//! What it does not do: authorization (every request it authenticates is
+//! allowed, and SelfSubjectAccessReviews say so), admission, defaulting
+//! beyond the server-set metadata, schema validation of built-in kinds,
+//! controllers (a Deployment makes no ReplicaSet), protobuf and Table
+//! output (clients fall back to JSON).
 
 mod handlers;
 pub mod openapi;
