@@ -59,17 +59,29 @@ async fn route(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Reply {
-    // JSON only: a protobuf or CBOR body is refused with 415, on which
-    // client-go sends the request again as JSON.
+    // Protobuf bodies of the built-in kinds kubectl's imperative commands
+    // send are read as the JSON they carry; any other protobuf or CBOR body
+    // is refused with 415, on which client-go sends it again as JSON.
+    let mut body = body;
     if let Some(ct) = headers.get("content-type").and_then(|v| v.to_str().ok())
         && (ct.contains("protobuf") || ct.contains("cbor"))
     {
-        return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format ({ct}) - accepted media types include: \
-             application/json, application/yaml, application/json-patch+json, \
-             application/merge-patch+json, application/strategic-merge-patch+json, \
-             application/apply-patch+yaml"
-        )));
+        let decoded = if ct.contains("protobuf") {
+            super::protobuf::to_json(&body)
+        } else {
+            Err("CBOR is not read here".to_string())
+        };
+        match decoded {
+            Ok(v) => body = Bytes::from(serde_json::to_vec(&v).expect("JSON values serialise")),
+            Err(why) => {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the body of the request was in an unknown format ({ct}: {why}) - accepted \
+                     media types include: application/json, application/yaml, \
+                     application/json-patch+json, application/merge-patch+json, \
+                     application/strategic-merge-patch+json, application/apply-patch+yaml"
+                )));
+            }
+        }
     }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {

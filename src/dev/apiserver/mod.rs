@@ -17,12 +17,14 @@
 //! What it does not do: authorization (every request it authenticates is
 //! allowed, and SelfSubjectAccessReviews say so), admission, defaulting
 //! beyond the server-set metadata, schema validation of built-in kinds,
-//! controllers (a Deployment makes no ReplicaSet), protobuf and Table
-//! output (clients fall back to JSON).
+//! controllers (a Deployment makes no ReplicaSet), protobuf output and
+//! Table output (clients fall back to JSON). Protobuf request bodies are
+//! read for the kinds kubectl's imperative commands send (`protobuf`).
 
 mod handlers;
 pub mod openapi;
 pub mod patch;
+mod protobuf;
 pub mod resources;
 mod selector;
 mod status;
