@@ -517,10 +517,17 @@ mod tests {
 
     /// Encodes `(field, bytes)` pairs as length-delimited fields.
     fn msg(parts: &[(u64, &[u8])]) -> Vec<u8> {
+        fn varint(out: &mut Vec<u8>, mut v: u64) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
         let mut out = Vec::new();
         for (n, b) in parts {
-            out.push(((n << 3) | 2) as u8);
-            out.push(b.len() as u8);
+            varint(&mut out, (n << 3) | 2);
+            varint(&mut out, b.len() as u64);
             out.extend_from_slice(b);
         }
         out
