@@ -974,6 +974,28 @@ async fn a_set_restores_beside_the_original_and_after_its_namespace_is_deleted()
     ] {
         assert!(page.contains(want), "{want}:\n{page}");
     }
+    // On a rebuilt cluster the nodes have other names: a node mapping
+    // sends node-b's claims to node-a, and the plan says so.
+    let (out, moved, stderr) = shop.restore(&[
+        "--namespace-mapping",
+        "shop=shop-copy",
+        "--node-mapping",
+        "node-b=node-a",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{moved:#}\n{stderr}");
+    let db1 = claim_step(&moved, "shop-copy/data-db-1");
+    assert_eq!(db1["node"], "node-a", "{db1:#}");
+    assert_eq!(db1["from_node"], "node-b", "{db1:#}");
+    assert!(claim_step(&moved, "shop-copy/pgdata")["from_node"].is_null());
+    let (out, refused, _) = shop.restore(&["--node-mapping", "node-b", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(3), "{refused:#}");
+    assert!(
+        refused
+            .to_string()
+            .contains("--node-mapping `node-b` is not OLD=NEW"),
+        "{refused:#}"
+    );
     let text = shop.cluster.ok(&["get", "namespaces"]);
     assert!(
         !text.contains("shop-copy"),

@@ -65,6 +65,11 @@ pub(crate) struct NamespacesArgs {
     /// How long the data phase may take in all.
     #[arg(long, default_value_t = 6 * 3600, value_name = "SECONDS")]
     timeout: u64,
+    /// Write the data of claims backed up on node OLD on node NEW instead
+    /// (a rebuilt cluster's nodes have other names): `old-1=new-1,...`.
+    /// NEW must run a drctl agent.
+    #[arg(long, value_delimiter = ',', value_name = "OLD=NEW,...")]
+    node_mapping: Vec<String>,
     /// The helper pods' image: it only holds the volume mounted.
     #[arg(
         long,
@@ -397,6 +402,19 @@ fn restore_namespaces(
         pod_timeout: std::time::Duration::from_secs(args.pod_timeout),
         timeout: std::time::Duration::from_secs(args.timeout),
         helper_image: args.helper_image,
+        node_mapping: args
+            .node_mapping
+            .iter()
+            .map(|m| match m.split_once('=') {
+                Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+                    Ok((old.to_string(), new.to_string()))
+                }
+                _ => Err(Error::config(format!(
+                    "--node-mapping `{m}` is not OLD=NEW"
+                ))
+                .with_guidance("name the node the set was backed up on and the node to use: `--node-mapping node-b=worker-7`")),
+            })
+            .collect::<Result<_>>()?,
     };
     let repo = std::sync::Arc::new(super::open_repo(
         &loaded.config,
@@ -519,7 +537,10 @@ fn render_set(r: &crate::restore::set::Report) -> String {
             super::progress::human(c.bytes),
             c.node
                 .as_ref()
-                .map(|n| format!(" on {n}"))
+                .map(|n| match &c.from_node {
+                    Some(from) => format!(" on {n} (backed up on {from})"),
+                    None => format!(" on {n}"),
+                })
                 .unwrap_or_default(),
             c.helper_pod
                 .as_ref()

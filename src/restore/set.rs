@@ -45,6 +45,9 @@ pub struct Options {
     pub timeout: Duration,
     /// The image of the helper pods: they only hold the mount open.
     pub helper_image: String,
+    /// Where the data of a claim backed up on node OLD goes instead: a
+    /// rebuilt cluster's nodes have other names.
+    pub node_mapping: HashMap<String, String>,
 }
 
 /// A volume member of the set, as read before the plan.
@@ -86,6 +89,10 @@ pub struct ClaimStep {
     /// Where the helper pod runs and the agent writes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The node it was backed up on, when `--node-mapping` sends it
+    /// elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_node: Option<String>,
     pub bytes: u64,
     pub action: ClaimAction,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,14 +171,23 @@ fn plan_claims(steps: &[Step], volumes: &[VolumeMember], opts: &Options) -> Vec<
                     .map(|m| m == "Block")
             })
             .unwrap_or(false);
-        let (action, reason) = match (step.map(|s| s.action), &v.node) {
+        let node = v
+            .node
+            .as_ref()
+            .map(|n| opts.node_mapping.get(n).unwrap_or(n).clone());
+        let from_node = v.node.clone().filter(|n| opts.node_mapping.contains_key(n));
+        let (action, reason) = match (step.map(|s| s.action), &node) {
             (None, _) => (
                 ClaimAction::Fail,
                 Some("the set's resources hold no such claim".to_string()),
             ),
             (_, None) => (
                 ClaimAction::Fail,
-                Some("the set does not record the node it was read on".to_string()),
+                Some(
+                    "the set does not record the node it was read on (say where with \
+                     --node-mapping)"
+                        .to_string(),
+                ),
             ),
             (Some(Action::Create | Action::Recreate), _) => (ClaimAction::Restore, None),
             (Some(Action::Skip), _) => (
@@ -195,7 +211,8 @@ fn plan_claims(steps: &[Step], volumes: &[VolumeMember], opts: &Options) -> Vec<
             claim: format!("{target}/{name}"),
             from: (target != ns).then(|| v.name.clone()),
             backup_id: v.backup_id,
-            node: v.node.clone(),
+            node,
+            from_node,
             bytes: v.bytes,
             action,
             reason,
