@@ -72,7 +72,6 @@ pub(super) async fn run(
     drop(key);
     let repo = Arc::new(agent.repo.with_identity(Identity::granted(grant)));
     let catalog = agent.catalog.clone();
-    let repo_id = agent.repo_id;
     let id = job.backup_id;
     let where_ = format!(
         "claim {}/{} on node {}",
@@ -90,17 +89,10 @@ pub(super) async fn run(
             ));
         }
         if manifest.tree.is_some() {
-            let by_catalog = crate::backup::CatalogView {
-                handle: &handle,
-                catalog: &catalog,
-                repo_id,
-            };
-            let by_index = crate::repo::tree::IndexLocate::new(&repo, manifest.packs.clone());
-            let locate = crate::repo::tree::Fallback {
-                first: Some(&by_catalog),
-                then: &by_index,
-            };
-            crate::repo::tree::fill(&repo, &mut manifest, &locate, &crate::repo::tree::All)?;
+            let packs = manifest.packs.clone();
+            crate::backup::with_locate(&handle, Some(&catalog), &repo, packs, |locate| {
+                crate::repo::tree::fill(&repo, &mut manifest, locate, &crate::repo::tree::All)
+            })?;
         }
         let is_block = manifest
             .entries

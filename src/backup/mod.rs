@@ -124,6 +124,32 @@ impl crate::repo::tree::Locate for CatalogView<'_> {
     }
 }
 
+/// Runs `f` with the fastest way to locate a backup's chunks and trees: the
+/// catalog when there is one, the indexes of `packs` (the backup's) for
+/// whatever it does not know. Locations are hints: what is read there is
+/// checked against its id either way. Blocking.
+pub(crate) fn with_locate<T>(
+    handle: &tokio::runtime::Handle,
+    catalog: Option<&Catalog>,
+    repo: &Repository,
+    packs: Vec<String>,
+    f: impl FnOnce(&dyn crate::repo::tree::Locate) -> Result<T>,
+) -> Result<T> {
+    let by_catalog = catalog.map(|catalog| CatalogView {
+        handle,
+        catalog,
+        repo_id: repo.config.id,
+    });
+    let by_index = crate::repo::tree::IndexLocate::new(repo, packs);
+    let locate = crate::repo::tree::Fallback {
+        first: by_catalog
+            .as_ref()
+            .map(|l| l as &dyn crate::repo::tree::Locate),
+        then: &by_index,
+    };
+    f(&locate)
+}
+
 /// Runs the write pipeline of a backup, deduplicated against and recorded
 /// in the catalog; `recorded` is told of each pack once the catalog has it.
 /// From a blocking thread.

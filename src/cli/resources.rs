@@ -122,7 +122,14 @@ pub(crate) fn render_backup(s: &crate::backup::ResourcesSummary) -> String {
 }
 
 pub(crate) fn render_restore(r: &Report) -> String {
+    render_restore_with(r, "")
+}
+
+/// [`render_restore`] with `before_workloads` where it happens: before the
+/// first workload listed, else at the end (a set restore's claims' data).
+pub(crate) fn render_restore_with(r: &Report, before_workloads: &str) -> String {
     let mut t = String::new();
+    let mut pending = before_workloads;
     if r.dry_run {
         t.push_str(&format!(
             "plan to restore backup {} to {} (--existing={}); nothing was changed\n",
@@ -169,6 +176,9 @@ pub(crate) fn render_restore(r: &Report) -> String {
     let show =
         |s: &Step| r.dry_run || matches!(s.outcome, Some(Outcome::Failed)) || r.steps.len() <= 200;
     for s in ordinary.into_iter().filter(|s| show(s)) {
+        if s.phase >= crate::restore::resources::plan::Phase::Workloads {
+            t.push_str(std::mem::take(&mut pending));
+        }
         t.push_str(&line(s));
     }
     if !special.is_empty() {
@@ -195,5 +205,6 @@ pub(crate) fn render_restore(r: &Report) -> String {
             r.seconds
         ));
     }
+    t.push_str(pending);
     t
 }

@@ -553,19 +553,10 @@ fn render_set(r: &crate::restore::set::Report) -> String {
                 .unwrap_or_default(),
         ));
     }
-    let resources = super::resources::render_restore(&r.resources);
-    let first_workload = r
-        .resources
-        .steps
-        .iter()
-        .find(|s| s.phase >= crate::restore::resources::plan::Phase::Workloads)
-        .map(|s| format!("  {:>5}  ", s.order));
-    let at = first_workload
-        .and_then(|p| resources.find(&format!("\n{p}")).map(|i| i + 1))
-        .unwrap_or(resources.len());
-    t.push_str(&resources[..at]);
-    t.push_str(&claims);
-    t.push_str(&resources[at..]);
+    t.push_str(&super::resources::render_restore_with(
+        &r.resources,
+        &claims,
+    ));
     t.push_str(&format!("took {:.1} s\n", r.seconds));
     t
 }
@@ -827,17 +818,5 @@ pub(crate) fn with_locate<T>(
 ) -> Result<T> {
     let handle = tokio::runtime::Handle::current();
     let catalog = optional_catalog(ctx, loaded);
-    let by_catalog = catalog.as_ref().map(|catalog| crate::backup::CatalogView {
-        handle: &handle,
-        catalog,
-        repo_id: repo.config.id,
-    });
-    let by_index = crate::repo::tree::IndexLocate::new(repo, packs);
-    let locate = crate::repo::tree::Fallback {
-        first: by_catalog
-            .as_ref()
-            .map(|l| l as &dyn crate::repo::tree::Locate),
-        then: &by_index,
-    };
-    f(&locate)
+    crate::backup::with_locate(&handle, catalog.as_ref(), repo, packs, f)
 }

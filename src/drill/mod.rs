@@ -631,17 +631,10 @@ pub(crate) fn fill_listing(env: &Env, manifest: &mut Manifest) -> Result<()> {
     if manifest.tree.is_none() {
         return Ok(());
     }
-    let view = crate::backup::CatalogView {
-        handle: env.handle,
-        catalog: env.catalog,
-        repo_id: env.repo_id,
-    };
-    let by_index = crate::repo::tree::IndexLocate::new(env.repo, manifest.packs.clone());
-    let locate = crate::repo::tree::Fallback {
-        first: Some(&view as &dyn crate::repo::tree::Locate),
-        then: &by_index,
-    };
-    crate::repo::tree::fill(env.repo, manifest, &locate, &crate::repo::tree::All)
+    let packs = manifest.packs.clone();
+    crate::backup::with_locate(env.handle, Some(env.catalog), env.repo, packs, |locate| {
+        crate::repo::tree::fill(env.repo, manifest, locate, &crate::repo::tree::All)
+    })
 }
 
 /// Seals the report into the bucket (locked like manifests) and records it
