@@ -84,17 +84,7 @@ fn webdriver(port: u16, method: &str, path: &str, body: &Value) -> Value {
     let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
     let body = String::from_utf8_lossy(&raw[head_end..]).to_string();
     let body = if chunked {
-        let mut out = String::new();
-        let mut rest = body.as_str();
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
+        crate::server::dechunk(&body)
     } else {
         body
     };

@@ -105,7 +105,7 @@ fn random_bytes(seed: &mut u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn dechunk(mut body: &str) -> String {
+pub(crate) fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

@@ -132,13 +132,17 @@ pub(super) async fn role(shared: &Shared, token: Option<&str>) -> Result<Role, R
     ))
 }
 
-/// Checks the request's bearer token for role `need`.
-async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(), Response> {
-    let presented = headers
+/// The request's bearer token (`Authorization: Bearer …`).
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let refused = match role(shared, presented).await {
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Checks the request's bearer token for role `need`.
+async fn authorize(shared: &Shared, headers: &HeaderMap, need: Role) -> Result<(), Response> {
+    let refused = match role(shared, bearer(headers)).await {
         Ok(r) if r >= need => return Ok(()),
         Ok(_) => Refused {
             status: StatusCode::FORBIDDEN,

@@ -43,11 +43,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 /// The token a request presents: its bearer token, else the dashboard's
 /// cookie.
 fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
+    if let Some(t) = super::http::bearer(headers) {
         return Some(t.to_string());
     }
     headers
