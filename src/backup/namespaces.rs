@@ -117,9 +117,12 @@ pub async fn backup_namespaces(
             .iter()
             .filter_map(|c| c.pod.as_ref().map(|p| p.node.clone()))
             .collect();
+        // All helpers are started first, then waited for: they start
+        // together, as a restore's do.
         let mut helpers: Vec<(String, String)> = Vec::new();
+        let mut starting: Vec<(usize, String, String)> = Vec::new();
         let mut claims = claims;
-        for c in claims.iter_mut().filter(|c| c.pod.is_none()) {
+        for (i, c) in claims.iter().enumerate().filter(|(_, c)| c.pod.is_none()) {
             let key = format!("{}/{}", c.namespace, c.claim);
             let Some(node) = helper_node(cluster, &c.pvc, &busy).await else {
                 problems.push(ClaimProblem {
@@ -143,15 +146,24 @@ pub async fn backup_namespaces(
                 image: opts.helper_image.clone(),
                 purpose: ("drctl.io/backup", set_id),
             };
-            let started = match crate::agent::helper::start(cluster, &h).await {
+            match crate::agent::helper::start(cluster, &h).await {
                 Ok(()) => {
                     helpers.push((c.namespace.clone(), name.clone()));
-                    crate::agent::helper::running(cluster, &c.namespace, &name, opts.pod_timeout)
-                        .await
+                    starting.push((i, name, node));
                 }
-                Err(why) => Err(why),
-            };
-            match started {
+                Err(why) => problems.push(ClaimProblem {
+                    claim: key,
+                    node: Some(node),
+                    reason: format!("no running pod mounts it, and {why}"),
+                }),
+            }
+        }
+        for (i, name, node) in starting {
+            let c = &mut claims[i];
+            let key = format!("{}/{}", c.namespace, c.claim);
+            match crate::agent::helper::running(cluster, &c.namespace, &name, opts.pod_timeout)
+                .await
+            {
                 Ok(uid) => {
                     tracing::info!(claim = %key, node = %node, pod = %name, "helper pod mounts the claim");
                     c.pod = Some(PodOnNode { name, uid, node });
